@@ -1,0 +1,233 @@
+"""The archive: dead workers' counters, histograms and slow entries, folded.
+
+``clean`` folds the files of dead and closed workers into one JSON archive
+per directory and then removes them, so totals never go backwards when
+workers are recycled.  The archive names every file it folded; a reader
+skips those files, so a scan that races a clean counts each worker once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _format as F
+
+if TYPE_CHECKING:
+    from ._reader import Series, SlowEntry, Worker
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_NAME = "mmstats-archive.json"
+LOCK_NAME = "mmstats-archive.lock"
+ARCHIVE_VERSION = 1
+SLOW_KEEP = 256
+FOLDED_KEEP_SECONDS = 3600.0
+
+
+@dataclass
+class Archive:
+    """What earlier cleans folded; empty when there is no archive yet."""
+
+    series: list[Series] = field(default_factory=list)
+    slow: list[SlowEntry] = field(default_factory=list)
+    folded: dict[str, float] = field(default_factory=dict)
+    workers: int = 0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        from ._reader import HistogramValue
+
+        return {
+            "version": ARCHIVE_VERSION,
+            "workers": self.workers,
+            "folded": self.folded,
+            "series": [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "help": s.help,
+                    "unit": s.unit,
+                    "labels": s.labels,
+                    "value": (
+                        s.value.to_json()
+                        if isinstance(s.value, HistogramValue)
+                        else s.value
+                    ),
+                }
+                for s in self.series
+            ],
+            "slow": [e.to_json() for e in self.slow],
+        }
+
+
+def _from_json(data: Any) -> Archive:
+    from ._reader import HistogramValue, Series, SlowEntry
+
+    if not isinstance(data, dict) or data.get("version") != ARCHIVE_VERSION:
+        raise ValueError("not an mmstats archive of version 1")
+    series = []
+    for item in data["series"]:
+        kind = item["kind"]
+        if kind == "histogram":
+            value: Any = HistogramValue.from_json(item["value"])
+        elif kind == "counter":
+            value = int(item["value"])
+        else:
+            continue
+        labels = {str(k): str(v) for k, v in item["labels"].items()}
+        series.append(
+            Series(str(item["name"]), kind, str(item["help"]), str(item["unit"]), labels, value)
+        )
+    slow = [
+        SlowEntry(
+            seq=0,
+            pid=int(e["pid"]),
+            hostname=str(e["hostname"]),
+            method=str(e["method"]),
+            path=str(e["path"]),
+            view=str(e["view"]),
+            status=int(e["status"]),
+            start=float(e["start"]),
+            end=float(e["end"]),
+            duration=float(e["duration_seconds"]),
+            queries=int(e["queries"]),
+            db_seconds=float(e["db_seconds"]),
+            memory_delta=int(e["memory_delta_bytes"]),
+            load_delta=float(e["load_delta"]),
+        )
+        for e in data["slow"]
+    ]
+    folded = {str(k): float(v) for k, v in data["folded"].items()}
+    return Archive(series, slow, folded, int(data["workers"]))
+
+
+def load_archive(directory: str) -> Archive:
+    """Read the archive of ``directory``; a bad one comes back empty with an error."""
+    path = os.path.join(directory, ARCHIVE_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Archive()
+    except OSError as exc:
+        return Archive(error=f"cannot be opened: {exc.strerror}")
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read(64 * 1024 * 1024))
+        return _from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        return Archive(error=f"is not a readable archive: {exc}")
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """Hold the directory's clean lock, so two cleans never interleave."""
+    path = os.path.join(directory, LOCK_NAME)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class CleanResult:
+    """What a clean folded and removed."""
+
+    folded: list[Worker]
+    removed: list[str]
+    kept_alive: int
+    dry_run: bool
+
+
+def _write_archive(directory: str, archive: Archive) -> None:
+    path = os.path.join(directory, ARCHIVE_NAME)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(archive.to_json(), f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        # rename is atomic: a reader sees the old archive or the new one.
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def clean(directory: str, dry_run: bool = False) -> CleanResult:
+    """Fold dead and closed workers into the archive, then remove their files.
+
+    Live workers' files are never touched.  Safe to run twice at once (the
+    second waits for the first) and while workers start.
+
+    :raises MmstatsError: the existing archive is unreadable; it is left as
+        it is, since writing over it would lose its totals.
+    """
+    from ._reader import aggregate, list_stats_files, read_file
+    from .exceptions import CorruptFileError, MmstatsError
+
+    with _locked(directory):
+        archive = load_archive(directory)
+        if archive.error:
+            raise MmstatsError(
+                f"Archive {os.path.join(directory, ARCHIVE_NAME)!r} {archive.error}; "
+                "move it aside to start a new one."
+            )
+        names = list_stats_files(directory)
+        leftovers = [n for n in names if n in archive.folded]
+        folded: list[Worker] = []
+        alive = 0
+        for name in names:
+            if name in archive.folded:
+                continue
+            try:
+                worker = read_file(os.path.join(directory, name))
+            except CorruptFileError:
+                continue
+            if worker.state in ("dead", "closed"):
+                folded.append(worker)
+            else:
+                alive += 1
+        removed = [w.path for w in folded] + [os.path.join(directory, n) for n in leftovers]
+        if dry_run or not removed:
+            return CleanResult(folded, removed, alive, dry_run)
+
+        now = time.time()
+        totals = aggregate(folded, archive)
+        slow = [e for w in folded for e in w.slow] + archive.slow
+        slow.sort(key=lambda e: e.end, reverse=True)
+        present = set(names)
+        kept = {
+            n: t
+            for n, t in archive.folded.items()
+            if n in present or now - t < FOLDED_KEEP_SECONDS
+        }
+        kept.update((os.path.basename(w.path), now) for w in folded)
+        new = Archive(
+            series=[s for s in totals.values() if s.kind in ("counter", "histogram")],
+            slow=slow[:SLOW_KEEP],
+            folded=kept,
+            workers=archive.workers + len(folded),
+        )
+        _write_archive(directory, new)
+        for path in removed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        log.info("Folded %d dead workers of %s into the archive", len(folded), directory)
+        return CleanResult(folded, removed, alive, dry_run)
+
+
+__all__ = ["ARCHIVE_NAME", "Archive", "CleanResult", "clean", "load_archive", "F"]

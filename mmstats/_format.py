@@ -1,0 +1,148 @@
+"""Byte layout of a stats file, shared by the writer and the reader.
+
+The layout is documented byte by byte in docs/FORMAT.md; keep the two in
+step, and bump :data:`VERSION` (and the golden files under tests/) whenever
+an offset or a record changes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+
+MAGIC = b"MMSTATS\x00"
+VERSION = 1
+HEADER_SIZE = 4096
+BYTE_ORDER_MARK = 0x0102030405060708
+SUFFIX = ".mmstats"
+
+# Header offsets.  Every scalar is 8-byte aligned so that one machine store
+# writes it and one machine load reads it: a reader never sees half a value.
+H_MAGIC = 0
+H_VERSION = 8  # u32
+H_HEADER_SIZE = 12  # u32
+H_BYTE_ORDER = 16  # u64
+H_USED = 24  # u64: end of the published records
+H_PID = 32  # i64
+H_START_TICKS = 40  # u64: field 22 of /proc/<pid>/stat
+H_START_TIME = 48  # f64: process start, Unix seconds
+H_CREATED = 56  # f64
+H_CLOSED = 64  # u64: 1 once the process exited cleanly
+H_CLOSED_AT = 72  # f64
+H_HEARTBEAT = 80  # f64: end of the last recorded request
+H_PIDNS = 88  # u64: inode of /proc/self/ns/pid
+H_FLAGS = 96  # u64, reserved
+H_BOOT_ID = 104  # 40 bytes: u16 length + text
+H_HOSTNAME = 144  # 256 bytes: u16 length + text
+H_NAME = 400  # 128 bytes
+H_COMMAND = 528  # 512 bytes
+H_END = 1040
+
+BOOT_ID_SIZE = 40
+HOSTNAME_SIZE = 256
+NAME_SIZE = 128
+COMMAND_SIZE = 512
+
+# Records.  Each starts with u32 type and u32 size (the whole record, a
+# multiple of 8) and is written completely before the used length that
+# publishes it moves past it.
+R_PAD = 0
+R_METRIC = 1
+R_CELL = 2
+R_SLOT = 3
+R_RING = 4
+RECORD_HEADER = 8
+RECORD_HEAD = struct.Struct("=II")
+
+KIND_COUNTER = 1
+KIND_GAUGE = 2
+KIND_HISTOGRAM = 3
+KIND_TEXT = 4
+KIND_NAMES = {
+    KIND_COUNTER: "counter",
+    KIND_GAUGE: "gauge",
+    KIND_HISTOGRAM: "histogram",
+    KIND_TEXT: "text",
+}
+
+# Metric record: type, size, id, kind, flags, nbuckets, lo, gamma, text_max,
+# blob length, then a UTF-8 JSON blob {"name", "help", "unit", "labels"}.
+METRIC_FIXED = struct.Struct("=IIIIIIddII")
+FLAG_INTEGER = 1
+
+# Cell record: type, size, metric id, thread slot, then the payload.
+CELL_FIXED = struct.Struct("=IIII")
+CELL_PAYLOAD = 16
+# Histogram payload: seq, count, sum, then one u64 per bucket.
+HIST_SEQ, HIST_COUNT, HIST_SUM, HIST_BUCKETS = 0, 1, 2, 3
+# Text payload: seq, stamp, length, then the bytes.
+TEXT_SEQ, TEXT_STAMP, TEXT_LEN, TEXT_DATA = 0, 1, 2, 3
+
+# Request slot record: type, size, slot index, pad, then these u64 words.
+SLOT_FIXED = struct.Struct("=IIII")
+S_SEQ, S_STATE, S_STARTED, S_THREAD, S_QUERIES, S_DB_SECONDS = range(6)
+S_STRINGS = 6  # word index where the strings start
+METHOD_SIZE = 16
+PATH_SIZE = 512
+VIEW_SIZE = 256
+SLOT_SIZE = 16 + 8 * S_STRINGS + METHOD_SIZE + PATH_SIZE + VIEW_SIZE
+
+# Slow ring record: type, size, capacity, entry size, then the entries.
+RING_FIXED = struct.Struct("=IIII")
+(
+    E_GEN,
+    E_END,
+    E_DURATION,
+    E_STATUS,
+    E_QUERIES,
+    E_DB_SECONDS,
+    E_MEMORY_DELTA,
+    E_LOAD_DELTA,
+    E_START,
+) = range(9)
+E_STRINGS = 9
+ENTRY_SIZE = 8 * E_STRINGS + METHOD_SIZE + PATH_SIZE + VIEW_SIZE
+
+# Histogram buckets grow by GAMMA: any value is reported within
+# (GAMMA - 1) / (GAMMA + 1) = 3.85 % of itself.  Bucket 0 holds values at
+# or below ``lo`` (zero among them), the last bucket everything above the
+# range; bucket k holds (lo * GAMMA**(k-1), lo * GAMMA**k].
+GAMMA = 1.08
+LOG_GAMMA = math.log(GAMMA)
+
+# Ranges by unit: time covers 1 µs to a day, counts 1 to ten million.
+SECONDS_RANGE = (1e-6, 86400.0 * 1.2)
+COUNT_RANGE = (0.5, 1e7)
+INTEGER_UNITS = frozenset({"", "count", "queries", "requests", "bytes", "items"})
+
+
+def bucket_count(lo: float, hi: float) -> int:
+    """Return how many buckets cover ``lo`` to ``hi`` plus under and overflow."""
+    return math.ceil(math.log(hi / lo) / LOG_GAMMA) + 2
+
+
+def bucket_bounds(lo: float, k: int) -> tuple[float, float]:
+    """Return the (lower, upper] bounds of bucket ``k``."""
+    if k == 0:
+        return (-math.inf, lo)
+    return (lo * GAMMA ** (k - 1), lo * GAMMA**k)
+
+
+def round8(n: int) -> int:
+    """Round ``n`` up to a multiple of 8."""
+    return (n + 7) & ~7
+
+
+def cut_utf8(data: bytes, limit: int) -> bytes:
+    """Cut ``data`` to at most ``limit`` bytes without splitting a character."""
+    if len(data) <= limit:
+        return data
+    end = limit
+    # Back off over continuation bytes (0b10xxxxxx) to a character start.
+    while end > 0 and (data[end] & 0xC0) == 0x80:
+        end -= 1
+    return data[:end]
+
+
+NATIVE_ORDER = sys.byteorder

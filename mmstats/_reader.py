@@ -1,0 +1,754 @@
+"""The reader API: parse one stats file, scan a directory, add workers up.
+
+Every file is untrusted input.  A file that cannot be parsed raises
+:class:`~mmstats.exceptions.CorruptFileError` from :func:`read_file`; a
+directory scan never raises for one bad file but lists it in
+:attr:`Snapshot.bad` and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import mmap
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _format as F
+from ._archive import ARCHIVE_NAME, Archive, load_archive
+from ._writer import boot_id, pid_namespace, process_start_ticks, resolve_directory
+from .exceptions import CorruptFileError, DirectoryError, UnsupportedVersionError
+
+log = logging.getLogger(__name__)
+
+SEQ_RETRIES = 200
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def text(data: bytes) -> str:
+    """Decode bytes from a file; invalid bytes become ``\\xNN`` escapes."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class HistogramValue:
+    """Counts per log-scaled bucket; merges exactly with the same scheme."""
+
+    lo: float
+    gamma: float
+    integer: bool
+    count: int = 0
+    sum: float = 0.0
+    buckets: dict[int, int] = field(default_factory=dict)
+
+    def merge(self, other: HistogramValue) -> None:
+        """Add ``other`` into this histogram."""
+        if (other.lo, other.gamma) != (self.lo, self.gamma):
+            raise ValueError(
+                f"Cannot merge histograms with buckets lo={other.lo!r} "
+                f"gamma={other.gamma!r} into lo={self.lo!r} gamma={self.gamma!r}"
+            )
+        self.count += other.count
+        self.sum += other.sum
+        for k, n in other.buckets.items():
+            self.buckets[k] = self.buckets.get(k, 0) + n
+
+    def copy(self) -> HistogramValue:
+        """Return an independent copy."""
+        return HistogramValue(
+            self.lo, self.gamma, self.integer, self.count, self.sum, dict(self.buckets)
+        )
+
+    def bounds(self, k: int) -> tuple[float, float]:
+        """Return the (lower, upper] bounds of bucket ``k``."""
+        if k == 0:
+            return (-math.inf, self.lo)
+        return (self.lo * self.gamma ** (k - 1), self.lo * self.gamma**k)
+
+    def representative(self, k: int) -> float:
+        """Return the value that stands for bucket ``k`` (error <= 3.85 %)."""
+        if k == 0:
+            return 0.0
+        low, high = self.bounds(k)
+        if self.integer and math.floor(high) == math.ceil(low) and low < high:
+            return float(math.floor(high))  # exactly one integer in the bucket
+        if self.integer and math.floor(high) > low and math.floor(high) - low < 1:
+            return float(math.floor(high))
+        # The harmonic mean of the bounds has the smallest worst-case
+        # relative error for any value in the bucket.
+        return 2 * low * high / (low + high)
+
+    def quantile(self, q: float) -> float | None:
+        """Return the ``q`` quantile (0 to 1) by nearest rank, or None if empty."""
+        total = sum(self.buckets.values())
+        if total == 0:
+            return None
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for k in sorted(self.buckets):
+            seen += self.buckets[k]
+            if seen >= rank:
+                return self.representative(k)
+        return self.representative(max(self.buckets))
+
+    @property
+    def mean(self) -> float | None:
+        """Return the exact mean, or None if empty."""
+        return self.sum / self.count if self.count else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form (see the README's schema)."""
+        return {
+            "count": self.count,
+            "sum": self.sum,
+            "lo": self.lo,
+            "gamma": self.gamma,
+            "integer": self.integer,
+            "buckets": {str(k): n for k, n in sorted(self.buckets.items())},
+            "p50": self.quantile(0.5),
+            "p90": self.quantile(0.9),
+            "p99": self.quantile(0.99),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HistogramValue:
+        """Build a histogram from its JSON form."""
+        return cls(
+            float(data["lo"]),
+            float(data["gamma"]),
+            bool(data["integer"]),
+            int(data["count"]),
+            float(data["sum"]),
+            {int(k): int(n) for k, n in data["buckets"].items()},
+        )
+
+
+@dataclass
+class Series:
+    """One metric with one set of label values, as read."""
+
+    name: str
+    kind: str
+    help: str
+    unit: str
+    labels: dict[str, str]
+    value: Any  # int (counter), float (gauge), HistogramValue, str (text)
+
+    @property
+    def key(self) -> tuple[str, LabelKey]:
+        return (self.name, tuple(sorted(self.labels.items())))
+
+
+@dataclass
+class Slot:
+    """A request a worker is serving now."""
+
+    index: int
+    thread: int
+    method: str
+    path: str
+    view: str
+    started: float
+    queries: int
+    db_seconds: float
+
+
+@dataclass
+class SlowEntry:
+    """One request from a worker's slow ring."""
+
+    seq: int
+    pid: int
+    hostname: str
+    method: str
+    path: str
+    view: str
+    status: int
+    start: float
+    end: float
+    duration: float
+    queries: int
+    db_seconds: float
+    memory_delta: int
+    load_delta: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "end": self.end,
+            "start": self.start,
+            "pid": self.pid,
+            "hostname": self.hostname,
+            "method": self.method,
+            "path": self.path,
+            "view": self.view,
+            "status": self.status,
+            "duration_seconds": self.duration,
+            "queries": self.queries,
+            "db_seconds": self.db_seconds,
+            "memory_delta_bytes": self.memory_delta,
+            "load_delta": self.load_delta,
+        }
+
+
+@dataclass
+class Worker:
+    """One stats file: who wrote it, its state and its values."""
+
+    path: str
+    name: str
+    pid: int
+    hostname: str
+    command: str
+    boot_id: str
+    start_time: float
+    created: float
+    closed: bool
+    closed_at: float
+    heartbeat: float
+    state: str  # "alive", "dead", "closed" or "unknown" (another host)
+    version: int
+    size: int
+    used: int
+    series: list[Series] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)
+    slow: list[SlowEntry] = field(default_factory=list)
+
+    def find(self, name: str, labels: dict[str, str] | None = None) -> Series | None:
+        """Return the series ``name`` with exactly these labels, or None."""
+        wanted = labels or {}
+        for s in self.series:
+            if s.name == name and s.labels == wanted:
+                return s
+        return None
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> Any:
+        """Return the value of a series, or None when it was never written."""
+        s = self.find(name, labels)
+        return None if s is None else s.value
+
+    def total(self, name: str) -> Any:
+        """Return a metric summed over its label sets (None if absent)."""
+        return _sum_values([s for s in self.series if s.name == name])
+
+
+@dataclass
+class BadFile:
+    """A file a directory scan could not read, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class GaugeTotal:
+    """A gauge across workers: the sum and the extremes."""
+
+    sum: float
+    min: float
+    max: float
+    workers: int
+
+
+def _sum_values(series: list[Series]) -> Any:
+    if not series:
+        return None
+    kind = series[0].kind
+    if kind == "histogram":
+        hist: HistogramValue = series[0].value.copy()
+        for s in series[1:]:
+            hist.merge(s.value)
+        return hist
+    if kind in ("counter", "gauge"):
+        return sum(s.value for s in series)
+    return series[0].value
+
+
+# -- one file -----------------------------------------------------------------
+
+
+def _get_string(buf: Any, offset: int, size: int) -> str:
+    n = int.from_bytes(buf[offset : offset + 2], F.NATIVE_ORDER)
+    if n > size - 2:
+        raise ValueError(f"string at byte {offset} claims {n} bytes of {size - 2}")
+    return text(bytes(buf[offset + 2 : offset + 2 + n]))
+
+
+def _open_file(path: str) -> tuple[Any, int]:
+    """Open and map a stats file without following symlinks or blocking."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the last component is a symlink
+            raise CorruptFileError(path, "is a symlink; symlinks are not followed") from None
+        raise CorruptFileError(path, exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptFileError(path, "is not a regular file")
+        if st.st_size < F.HEADER_SIZE:
+            raise CorruptFileError(
+                path, f"is {st.st_size} bytes, shorter than the {F.HEADER_SIZE}-byte header"
+            )
+        mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        return mm, st.st_size
+    finally:
+        os.close(fd)
+
+
+class _Host:
+    """What a reader needs to know about its own host to judge liveness."""
+
+    def __init__(self) -> None:
+        self.hostname = socket.gethostname()
+        self.boot_id = boot_id()
+        self.pidns = pid_namespace()
+
+
+_host: _Host | None = None
+
+
+def _this_host() -> _Host:
+    global _host
+    if _host is None:
+        _host = _Host()
+    return _host
+
+
+def _state(closed: bool, pid: int, ticks: int, hostname: str, boot: str, ns: int) -> str:
+    if closed:
+        return "closed"
+    host = _this_host()
+    if hostname != host.hostname:
+        return "unknown"
+    if boot and host.boot_id and boot != host.boot_id:
+        return "dead"  # the host rebooted since
+    if ns and host.pidns and ns != host.pidns:
+        return "unknown"  # another pid namespace: its pids mean nothing here
+    if ticks:
+        current = process_start_ticks(pid)
+        if current:
+            return "alive" if current == ticks else "dead"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        return "alive"
+    return "alive"
+
+
+def read_file(path: str | os.PathLike[str]) -> Worker:
+    """Read one stats file, live or dead.
+
+    :raises CorruptFileError: the file is not a readable stats file; the
+        message names the file and the reason.
+    """
+    path = os.fspath(path)
+    mm, size = _open_file(path)
+    try:
+        return _parse(path, mm, size)
+    except (CorruptFileError, UnsupportedVersionError):
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        raise CorruptFileError(path, str(exc)) from None
+    finally:
+        try:
+            mm.close()
+        except BufferError:
+            pass
+
+
+def _parse(path: str, mm: Any, size: int) -> Worker:
+    buf = memoryview(mm)
+    try:
+        return _parse_views(path, buf, buf.cast("q"), buf.cast("d"), size)
+    finally:
+        buf.release()
+
+
+def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
+    if bytes(b[0:8]) != F.MAGIC:
+        raise CorruptFileError(path, "has no mmstats magic number; not a stats file")
+    if q[F.H_BYTE_ORDER // 8] != F.BYTE_ORDER_MARK:
+        raise CorruptFileError(path, "was written with another byte order")
+    version = int.from_bytes(b[F.H_VERSION : F.H_VERSION + 4], F.NATIVE_ORDER)
+    if version != F.VERSION:
+        raise UnsupportedVersionError(path, version, F.VERSION)
+    header_size = int.from_bytes(b[F.H_HEADER_SIZE : F.H_HEADER_SIZE + 4], F.NATIVE_ORDER)
+    if header_size != F.HEADER_SIZE:
+        raise CorruptFileError(path, f"has header size {header_size}, not {F.HEADER_SIZE}")
+    used = q[F.H_USED // 8]
+    if used < F.HEADER_SIZE or used > size or used % 8:
+        raise CorruptFileError(path, f"has used length {used} outside 4096..{size}")
+
+    pid = q[F.H_PID // 8]
+    closed = q[F.H_CLOSED // 8] == 1
+    hostname = _get_string(b, F.H_HOSTNAME, F.HOSTNAME_SIZE)
+    boot = _get_string(b, F.H_BOOT_ID, F.BOOT_ID_SIZE)
+    worker = Worker(
+        path=path,
+        name=_get_string(b, F.H_NAME, F.NAME_SIZE),
+        pid=pid,
+        hostname=hostname,
+        command=_get_string(b, F.H_COMMAND, F.COMMAND_SIZE),
+        boot_id=boot,
+        start_time=d[F.H_START_TIME // 8],
+        created=d[F.H_CREATED // 8],
+        closed=closed,
+        closed_at=d[F.H_CLOSED_AT // 8],
+        heartbeat=d[F.H_HEARTBEAT // 8],
+        state=_state(closed, pid, q[F.H_START_TICKS // 8], hostname, boot, q[F.H_PIDNS // 8]),
+        version=version,
+        size=size,
+        used=used,
+    )
+    _parse_records(worker, b, q, d, used)
+    return worker
+
+
+def _seq_copy(q: Any, word: int, n: int, live: bool) -> list[int] | None:
+    """Copy ``n`` words guarded by the sequence word at ``word``."""
+    for attempt in range(SEQ_RETRIES if live else 1):
+        before = q[word]
+        if before & 1 and live:
+            if attempt > 20:
+                time.sleep(0)
+            continue
+        words = q[word : word + n].tolist()
+        if q[word] == before and not before & 1:
+            return words
+    return None  # a writer died mid-update, or never settled
+
+
+def _parse_records(worker: Worker, b: Any, q: Any, d: Any, used: int) -> None:
+    metrics: dict[int, dict[str, Any]] = {}
+    cells: list[tuple[int, int, int, int]] = []  # (metric id, tslot, word, size)
+    live = worker.state == "alive"
+
+    off = F.HEADER_SIZE
+    while off < used:
+        rtype, rsize = F.RECORD_HEAD.unpack(b[off : off + 8])
+        if rsize < 8 or rsize % 8 or off + rsize > used:
+            raise CorruptFileError(
+                worker.path, f"has a record at byte {off} of bad size {rsize}"
+            )
+        if rtype == F.R_METRIC:
+            mid, meta = _parse_metric(b, off, rsize)
+            metrics[mid] = meta
+        elif rtype == F.R_CELL:
+            _, _, mid, tslot = F.CELL_FIXED.unpack(b[off : off + 16])
+            cells.append((mid, tslot, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD))
+        elif rtype == F.R_SLOT:
+            _parse_slot(worker, b, q, d, off, rsize, live)
+        elif rtype == F.R_RING:
+            _parse_ring(worker, b, q, d, off, rsize, live)
+        elif rtype != F.R_PAD:
+            raise CorruptFileError(worker.path, f"has a record of unknown type {rtype}")
+        off += rsize
+
+    _collect_series(worker, metrics, cells, q, d, b, live)
+
+
+def _parse_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
+    fixed = F.METRIC_FIXED
+    if rsize < fixed.size:
+        raise ValueError(f"metric record at byte {off} is too short")
+    _, _, mid, kind, flags, nbuckets, lo, gamma, text_max, blen = fixed.unpack(
+        b[off : off + fixed.size]
+    )
+    if fixed.size + blen > rsize:
+        raise ValueError(f"metric record at byte {off} overruns its size")
+    meta = json.loads(bytes(b[off + fixed.size : off + fixed.size + blen]))
+    if kind not in F.KIND_NAMES or not isinstance(meta, dict):
+        raise ValueError(f"metric record at byte {off} has unknown kind {kind}")
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ValueError(f"metric record at byte {off} has bad labels")
+    meta.update(
+        kind=kind,
+        integer=bool(flags & F.FLAG_INTEGER),
+        nbuckets=nbuckets,
+        lo=lo,
+        gamma=gamma,
+        text_max=text_max,
+        labels={str(k): str(v) for k, v in labels.items()},
+    )
+    if kind == F.KIND_HISTOGRAM and (nbuckets < 2 or nbuckets > 100_000 or not lo > 0):
+        raise ValueError(f"histogram record at byte {off} has a bad bucket scheme")
+    return mid, meta
+
+
+def _collect_series(
+    worker: Worker,
+    metrics: dict[int, dict[str, Any]],
+    cells: list[tuple[int, int, int, int]],
+    q: Any,
+    d: Any,
+    b: Any,
+    live: bool,
+) -> None:
+    values: dict[int, Any] = {}
+    stamps: dict[int, int] = {}
+    for mid, _tslot, word, size in cells:
+        meta = metrics.get(mid)
+        if meta is None:
+            raise ValueError(f"a cell refers to unknown metric id {mid}")
+        kind = meta["kind"]
+        if kind == F.KIND_COUNTER:
+            values[mid] = values.get(mid, 0) + q[word]
+        elif kind == F.KIND_GAUGE:
+            values[mid] = values.get(mid, 0.0) + d[word]
+        elif kind == F.KIND_HISTOGRAM:
+            hist = _read_histogram(meta, q, word, size, live)
+            if mid in values:
+                values[mid].merge(hist)
+            else:
+                values[mid] = hist
+        else:
+            got = _read_text(meta, q, b, word, size, live)
+            if got is not None and got[0] >= stamps.get(mid, -1):
+                stamps[mid] = got[0]
+                values[mid] = got[1]
+
+    for mid, meta in metrics.items():
+        if mid not in values:
+            continue
+        worker.series.append(
+            Series(
+                name=str(meta.get("name", "")),
+                kind=F.KIND_NAMES[meta["kind"]],
+                help=str(meta.get("help", "")),
+                unit=str(meta.get("unit", "")),
+                labels=meta["labels"],
+                value=values[mid],
+            )
+        )
+
+
+def _read_histogram(
+    meta: dict[str, Any], q: Any, word: int, size: int, live: bool
+) -> HistogramValue:
+    n = meta["nbuckets"]
+    if size < 8 * (F.HIST_BUCKETS + n):
+        raise ValueError("histogram cell is shorter than its buckets")
+    words = _seq_copy(q, word, F.HIST_BUCKETS + n, live)
+    repaired = words is None
+    if words is None:
+        words = q[word : word + F.HIST_BUCKETS + n].tolist()
+    buckets = {k: c for k, c in enumerate(words[F.HIST_BUCKETS :]) if c}
+    total = sum(buckets.values())
+    sum_value = _as_float(words[F.HIST_SUM])
+    count = words[F.HIST_COUNT]
+    if repaired or count != total:
+        # A writer killed mid-update: the buckets are the truth.
+        count = total
+    return HistogramValue(meta["lo"], meta["gamma"], meta["integer"], count, sum_value, buckets)
+
+
+_QD = struct.Struct("=q"), struct.Struct("=d")
+
+
+def _as_float(word: int) -> float:
+    """Reinterpret a signed 64-bit word as the float64 it stores."""
+    value: float = _QD[1].unpack(_QD[0].pack(word))[0]
+    return value
+
+
+def _read_text(
+    meta: dict[str, Any], q: Any, b: Any, word: int, size: int, live: bool
+) -> tuple[int, str] | None:
+    limit = size - 8 * F.TEXT_DATA
+    for _ in range(SEQ_RETRIES if live else 1):
+        seq = q[word]
+        if seq & 1:
+            continue
+        stamp, length = q[word + 1], q[word + 2]
+        if length < 0 or length > limit:
+            raise ValueError(f"text cell claims {length} bytes of {limit}")
+        start = (word + F.TEXT_DATA) * 8
+        data = bytes(b[start : start + length])
+        if q[word] == seq:
+            return (stamp, text(data)) if seq else None
+    return None
+
+
+def _parse_slot(worker: Worker, b: Any, q: Any, d: Any, off: int, rsize: int, live: bool) -> None:
+    if rsize < F.SLOT_SIZE:
+        raise ValueError(f"slot record at byte {off} is too short")
+    index = F.SLOT_FIXED.unpack(b[off : off + 16])[2]
+    w = (off + 16) // 8
+    for _ in range(SEQ_RETRIES if live else 1):
+        seq = q[w + F.S_SEQ]
+        if seq & 1 and live:
+            continue
+        state = q[w + F.S_STATE]
+        if state != 1:
+            return
+        s = (w + F.S_STRINGS) * 8
+        slot = Slot(
+            index=index,
+            thread=q[w + F.S_THREAD],
+            started=d[w + F.S_STARTED],
+            queries=q[w + F.S_QUERIES],
+            db_seconds=d[w + F.S_DB_SECONDS],
+            method=_get_string(b, s, F.METHOD_SIZE),
+            path=_get_string(b, s + F.METHOD_SIZE, F.PATH_SIZE),
+            view=_get_string(b, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
+        )
+        if q[w + F.S_SEQ] == seq:
+            worker.slots.append(slot)
+            return
+
+
+def _parse_ring(worker: Worker, b: Any, q: Any, d: Any, off: int, rsize: int, live: bool) -> None:
+    _, _, capacity, entry_size = F.RING_FIXED.unpack(b[off : off + 16])
+    if entry_size != F.ENTRY_SIZE or 16 + capacity * entry_size > rsize:
+        raise ValueError(f"slow ring at byte {off} has a bad size")
+    for i in range(capacity):
+        start = off + 16 + i * entry_size
+        w = start // 8
+        for _ in range(SEQ_RETRIES if live else 1):
+            gen = q[w + F.E_GEN]
+            if gen == 0:
+                break
+            if gen & 1:
+                continue  # being written; a dead writer's entry is dropped
+            s = start + 8 * F.E_STRINGS
+            entry = SlowEntry(
+                seq=gen // 2,
+                pid=worker.pid,
+                hostname=worker.hostname,
+                end=d[w + F.E_END],
+                start=d[w + F.E_START],
+                duration=d[w + F.E_DURATION],
+                status=q[w + F.E_STATUS],
+                queries=q[w + F.E_QUERIES],
+                db_seconds=d[w + F.E_DB_SECONDS],
+                memory_delta=q[w + F.E_MEMORY_DELTA],
+                load_delta=d[w + F.E_LOAD_DELTA],
+                method=_get_string(b, s, F.METHOD_SIZE),
+                path=_get_string(b, s + F.METHOD_SIZE, F.PATH_SIZE),
+                view=_get_string(b, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
+            )
+            if q[w + F.E_GEN] == gen:
+                worker.slow.append(entry)
+                break
+    worker.slow.sort(key=lambda e: e.seq, reverse=True)
+
+
+# -- a directory --------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Every worker of a directory at one moment, plus the archive."""
+
+    directory: str
+    read_at: float
+    workers: list[Worker]
+    bad: list[BadFile]
+    archive: Archive
+
+    def totals(self) -> dict[tuple[str, LabelKey], Series]:
+        """Return counters and histograms summed over workers and the archive,
+        and gauges per label set as :class:`GaugeTotal`."""
+        return aggregate(self.workers, self.archive)
+
+    def slow(self, limit: int | None = None, sort: str = "end") -> list[SlowEntry]:
+        """Return the slow entries of all workers and the archive, merged."""
+        entries = [e for w in self.workers for e in w.slow] + list(self.archive.slow)
+        if sort == "duration":
+            entries.sort(key=lambda e: e.duration, reverse=True)
+        else:
+            entries.sort(key=lambda e: e.end, reverse=True)
+        return entries[:limit] if limit is not None else entries
+
+
+def aggregate(workers: Iterable[Worker], archive: Archive | None = None) -> dict[tuple[str, LabelKey], Series]:
+    """Add workers up: counters and histograms summed, gauges as GaugeTotal."""
+    totals: dict[tuple[str, LabelKey], Series] = {}
+    series_lists = [w.series for w in workers]
+    if archive is not None:
+        series_lists.append(archive.series)
+    for series_list in series_lists:
+        for s in series_list:
+            if s.kind == "text":
+                continue
+            key = s.key
+            have = totals.get(key)
+            if have is None:
+                value: Any = s.value
+                if s.kind == "histogram":
+                    value = s.value.copy()
+                elif s.kind == "gauge":
+                    value = GaugeTotal(s.value, s.value, s.value, 1)
+                totals[key] = Series(s.name, s.kind, s.help, s.unit, dict(s.labels), value)
+            elif have.kind != s.kind:
+                continue  # a name reused with another kind: keep the first
+            elif s.kind == "histogram":
+                try:
+                    have.value.merge(s.value)
+                except ValueError:
+                    continue
+            elif s.kind == "gauge":
+                g = have.value
+                g.sum += s.value
+                g.min = min(g.min, s.value)
+                g.max = max(g.max, s.value)
+                g.workers += 1
+            else:
+                have.value += s.value
+    return totals
+
+
+def list_stats_files(directory: str) -> list[str]:
+    """Return the names of the stats files in ``directory``, sorted."""
+    try:
+        with os.scandir(directory) as it:
+            return sorted(e.name for e in it if e.name.endswith(F.SUFFIX))
+    except FileNotFoundError:
+        raise DirectoryError(directory, "does not exist") from None
+    except NotADirectoryError:
+        raise DirectoryError(directory, "is not a directory") from None
+    except PermissionError:
+        raise DirectoryError(directory, "cannot be read (permission denied)") from None
+
+
+def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
+    """Read every stats file of a directory and its archive.
+
+    :raises DirectoryError: the directory is missing or cannot be listed.
+    """
+    path = resolve_directory(directory)[0]
+    for _attempt in range(5):
+        names = list_stats_files(path)
+        archive = load_archive(path)
+        workers: list[Worker] = []
+        bad: list[BadFile] = []
+        vanished = False
+        for name in names:
+            if name in archive.folded:
+                continue  # folded into the archive by a clean that is finishing
+            full = os.path.join(path, name)
+            try:
+                workers.append(read_file(full))
+            except (CorruptFileError, UnsupportedVersionError) as exc:
+                if not os.path.lexists(full):
+                    vanished = True
+                    break
+                log.error("%s", exc)
+                bad.append(BadFile(full, exc.reason))
+        if not vanished:
+            if archive.error:
+                bad.append(BadFile(os.path.join(path, ARCHIVE_NAME), archive.error))
+            return Snapshot(path, time.time(), workers, bad, archive)
+    # A clean kept removing files under this scan; the last view is used.
+    return Snapshot(path, time.time(), workers, bad, archive)

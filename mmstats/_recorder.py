@@ -1,0 +1,385 @@
+"""The request recorder that every framework adapter feeds.
+
+An adapter calls :meth:`RequestRecorder.start` when a request arrives and
+:meth:`RequestRecorder.finish` when the server is done with the response.
+The recorder keeps the request's slot, times it, counts its database
+queries (reported through :func:`record_query`) and writes the request
+metrics and, for slow requests, an entry of the slow ring.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from contextvars import ContextVar, Token
+from typing import Any
+
+from . import _format as F
+from ._stats import CounterSeries, HistogramSeries, Stats
+from ._writer import Cell, put_string
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOW_SECONDS = 1.0
+DEFAULT_SLOW_LOG_SIZE = 256
+_VIEW_CACHE_MAX = 1000
+
+_current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
+_perf = time.perf_counter
+_wall = time.time
+
+
+def record_query(seconds: float) -> None:
+    """Report one database query of ``seconds`` into the current request.
+
+    Any database layer can call this; outside a request it does nothing.
+    """
+    request = _current.get()
+    if request is not None:
+        request.add_query(seconds)
+
+
+def current_request() -> Request | None:
+    """Return the request being recorded in this context, if any."""
+    return _current.get()
+
+
+def _encode(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _status_class(status: int) -> str:
+    first = status // 100
+    return f"{first}xx" if 1 <= first <= 5 else "other"
+
+
+def exception_name(exc: BaseException) -> str:
+    """Return ``module.Class`` for an exception, or just ``Class`` for builtins."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Request:
+    """One request being recorded."""
+
+    __slots__ = (
+        "_recorder",
+        "_slot",
+        "_token",
+        "method",
+        "path",
+        "view",
+        "started",
+        "wall_started",
+        "rss_start",
+        "load_start",
+        "queries",
+        "db_seconds",
+        "status",
+        "exception",
+        "finished",
+    )
+
+    def __init__(self, recorder: RequestRecorder, method: bytes, path: bytes) -> None:
+        self._recorder = recorder
+        self._slot: Cell | None = None
+        self._token: Token[Request | None] | None = None
+        self.method = method
+        self.path = path
+        self.view: str | None = None
+        self.started = 0.0
+        self.wall_started = 0.0
+        self.rss_start = 0
+        self.load_start = 0.0
+        self.queries = 0
+        self.db_seconds = 0.0
+        self.status = 0
+        self.exception: str | None = None
+        self.finished = False
+
+    def add_query(self, seconds: float) -> None:
+        """Count one query of ``seconds``; shown live in the request's slot."""
+        self.queries += 1
+        self.db_seconds += seconds
+        slot = self._slot
+        if slot is not None:
+            slot.q[slot.word + F.S_QUERIES] = self.queries
+            slot.d[slot.word + F.S_DB_SECONDS] = self.db_seconds
+
+    def set_view(self, view: str | None) -> None:
+        """Name the view serving this request, also in its slot."""
+        if not view or view == self.view:
+            return
+        self.view = view
+        slot = self._slot
+        if slot is not None:
+            q, b, w = slot.q, slot.b, slot.word
+            strings = (w + F.S_STRINGS) * 8
+            q[w + F.S_SEQ] += 1
+            put_string(b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(view))
+            q[w + F.S_SEQ] += 1
+
+
+class RequestRecorder:
+    """Record requests of this process into its stats file.
+
+    :param slow_seconds: requests at least this long go into the slow ring;
+        0 records every request.
+    :param slow_log_size: entries in the slow ring.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        *,
+        slow_seconds: float = DEFAULT_SLOW_SECONDS,
+        slow_log_size: int = DEFAULT_SLOW_LOG_SIZE,
+        label_limit: int = 100,
+    ) -> None:
+        if isinstance(slow_seconds, bool) or not isinstance(slow_seconds, int | float) or slow_seconds < 0:
+            raise ValueError(f"slow_seconds must be a number >= 0, not {slow_seconds!r}")
+        if isinstance(slow_log_size, bool) or not isinstance(slow_log_size, int) or not 1 <= slow_log_size <= 100_000:
+            raise ValueError(f"slow_log_size must be an int from 1 to 100000, not {slow_log_size!r}")
+        self.slow_seconds = float(slow_seconds)
+        self.slow_log_size = slow_log_size
+        self.stats = stats = Stats(directory, name, label_limit=label_limit)
+        self._writer = stats._writer
+
+        self.requests = stats.counter("requests", "Requests finished")
+        self.responses = {
+            cls: stats.counter("responses", "Responses by status class", {"class": cls})
+            for cls in ("1xx", "2xx", "3xx", "4xx", "5xx")
+        }
+        self.in_flight = stats.gauge("in_flight", "Requests being served now")
+        self.request_seconds = stats.histogram(
+            "request_seconds", "Time from request start to the end of the response"
+        )
+        self.db_queries = stats.histogram(
+            "db_queries", "Database queries per request", unit="queries"
+        )
+        self.db_seconds = stats.histogram("db_seconds", "Database time per request")
+        self.memory = stats.gauge("memory_rss_bytes", "Resident memory of the worker")
+        self.load1 = stats.gauge("load1", "1-minute load average of the host")
+        self._views: dict[str, tuple[CounterSeries, HistogramSeries]] = {}
+        self._reset()
+        self._writer.reset_hooks.append(self._reset)
+
+    def _reset(self) -> None:
+        """Forget slots, ring and /proc handles: after a fork they are the parent's."""
+        self._free_slots: list[Cell] = []
+        self._slot_count = 0
+        self._ring: Cell | None = None
+        self._ring_counter = itertools.count()
+        self._statm = -1
+        self._load_at = -10.0
+        self._load = 0.0
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    # -- cheap readings -------------------------------------------------------
+
+    def rss(self) -> int:
+        """Return resident memory in bytes: one pread of an open /proc file."""
+        fd = self._statm
+        if fd < 0:
+            try:
+                fd = self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return 0
+        try:
+            return int(os.pread(fd, 64, 0).split()[1]) * self._page
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    def load(self, now: float) -> float:
+        """Return the 1-minute load average, read at most once a second."""
+        if now - self._load_at >= 1.0:
+            self._load_at = now
+            try:
+                self._load = os.getloadavg()[0]
+            except OSError:
+                pass
+        return self._load
+
+    # -- slots and ring --------------------------------------------------------
+
+    def _take_slot(self) -> Cell:
+        try:
+            return self._free_slots.pop()
+        except IndexError:
+            pass
+        writer = self._writer
+        with writer.lock:
+            index = self._slot_count
+            self._slot_count += 1
+
+            def fill(chunk: Any, off: int) -> None:
+                chunk.b[off + 8 : off + 16] = F.SLOT_FIXED.pack(0, 0, index, 0)[8:]
+
+            cell = writer.allocate(F.R_SLOT, F.SLOT_SIZE, fill)
+        cell.byte += 16
+        cell.word += 2
+        return cell
+
+    def _ring_cell(self) -> Cell:
+        ring = self._ring
+        if ring is not None:
+            return ring
+        writer = self._writer
+        capacity = self.slow_log_size
+        with writer.lock:
+            if self._ring is None:
+
+                def fill(chunk: Any, off: int) -> None:
+                    head = F.RING_FIXED.pack(0, 0, capacity, F.ENTRY_SIZE)[8:]
+                    chunk.b[off + 8 : off + 16] = head
+
+                size = 16 + capacity * F.ENTRY_SIZE
+                cell = writer.allocate(F.R_RING, size, fill)
+                cell.byte += 16
+                cell.word += 2
+                self._ring = cell
+        assert self._ring is not None
+        return self._ring
+
+    # -- requests ---------------------------------------------------------------
+
+    def start(
+        self, method: str | bytes, path: str | bytes, view: str | None = None
+    ) -> Request:
+        """Begin recording a request; pair with :meth:`finish`."""
+        request = Request(self, _encode(method), _encode(path))
+        try:
+            self._start(request, view)
+        except Exception:
+            log.exception("mmstats could not record the start of a request")
+        return request
+
+    def _start(self, request: Request, view: str | None) -> None:
+        request.started = now = _perf()
+        request.wall_started = _wall()
+        request.rss_start = self.rss()
+        request.load_start = self.load(now)
+        request.view = view
+
+        slot = request._slot = self._take_slot()
+        q, d, b, w = slot.q, slot.d, slot.b, slot.word
+        strings = (w + F.S_STRINGS) * 8
+        q[w + F.S_SEQ] += 1
+        d[w + F.S_STARTED] = request.wall_started
+        q[w + F.S_THREAD] = threading.get_ident()
+        q[w + F.S_QUERIES] = 0
+        d[w + F.S_DB_SECONDS] = 0.0
+        put_string(b, strings, F.METHOD_SIZE, request.method)
+        put_string(b, strings + F.METHOD_SIZE, F.PATH_SIZE, request.path)
+        put_string(b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(view))
+        q[w + F.S_STATE] = 1
+        q[w + F.S_SEQ] += 1
+
+        self.in_flight.incr()
+        request._token = _current.set(request)
+
+    def finish(
+        self, request: Request, status: int, exception: BaseException | None = None
+    ) -> None:
+        """Finish recording ``request`` with the status the client received.
+
+        Calling it twice records the request once.  Never raises.
+        """
+        if request.finished:
+            return
+        request.finished = True
+        try:
+            self._finish(request, status, exception)
+        except Exception:
+            log.exception("mmstats could not record the end of a request")
+
+    def _finish(self, request: Request, status: int, exception: BaseException | None) -> None:
+        end = _perf()
+        duration = end - request.started
+        request.status = status
+        token = request._token
+        if token is not None:
+            request._token = None
+            try:
+                _current.reset(token)
+            except ValueError:
+                _current.set(None)  # finished in another context (a server thread)
+
+        slot = request._slot
+        if slot is not None:
+            request._slot = None
+            slot.q[slot.word + F.S_STATE] = 0
+            self._free_slots.append(slot)
+        self.in_flight.decr()
+
+        self.requests.incr()
+        responses = self.responses.get(_status_class(status))
+        if responses is not None:
+            responses.incr()
+        if exception is not None:
+            request.exception = exception_name(exception)
+            self.stats.counter(
+                "exceptions", "Unhandled exceptions by class", {"exception": request.exception}
+            ).incr()
+        self.request_seconds.observe(duration)
+        self.db_queries.observe(request.queries)
+        self.db_seconds.observe(request.db_seconds)
+        if request.view:
+            count, hist = self._view_series(request.view)
+            count.incr()
+            hist.observe(duration)
+
+        rss = self.rss()
+        self.memory.set(rss)
+        load = self.load(end)
+        self.load1.set(load)
+        wall_end = request.wall_started + duration
+        self._writer.heartbeat(wall_end)
+        if duration >= self.slow_seconds:
+            self._write_slow(request, wall_end, duration, rss, load)
+
+    def _view_series(self, view: str) -> tuple[CounterSeries, HistogramSeries]:
+        series = self._views.get(view)
+        if series is None:
+            labels = {"view": view}
+            series = (
+                self.stats.counter("view_requests", "Requests per view", labels),
+                self.stats.histogram("view_seconds", "Request time per view", labels),
+            )
+            if len(self._views) < _VIEW_CACHE_MAX:
+                self._views[view] = series
+        return series
+
+    def _write_slow(
+        self, request: Request, end: float, duration: float, rss: int, load: float
+    ) -> None:
+        ring = self._ring_cell()
+        index = next(self._ring_counter)
+        start = ring.byte + (index % self.slow_log_size) * F.ENTRY_SIZE
+        q, d, b, w = ring.q, ring.d, ring.b, start // 8
+        strings = start + 8 * F.E_STRINGS
+        # An odd generation marks the entry as being written; the even one
+        # written last publishes it and orders it among the others.
+        q[w + F.E_GEN] = 2 * index + 1
+        d[w + F.E_END] = end
+        d[w + F.E_START] = request.wall_started
+        d[w + F.E_DURATION] = duration
+        q[w + F.E_STATUS] = request.status
+        q[w + F.E_QUERIES] = request.queries
+        d[w + F.E_DB_SECONDS] = request.db_seconds
+        q[w + F.E_MEMORY_DELTA] = rss - request.rss_start if rss and request.rss_start else 0
+        d[w + F.E_LOAD_DELTA] = load - request.load_start
+        put_string(b, strings, F.METHOD_SIZE, request.method)
+        put_string(b, strings + F.METHOD_SIZE, F.PATH_SIZE, request.path)
+        put_string(b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(request.view))
+        q[w + F.E_GEN] = 2 * index + 2

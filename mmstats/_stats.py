@@ -1,0 +1,586 @@
+"""The writer API: declarative :class:`Stats` models and metric series.
+
+Each series keeps, per thread, a reference to that thread's own cell in the
+stats file, so an update is a few stores into shared memory: no lock and no
+system call.  The cell is found through a ``threading.local``; a thread's
+first update (and the first after a fork) allocates it under the writer's
+lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+from . import _format as F
+from ._writer import FileWriter, get_writer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LABEL_LIMIT = 100
+DEFAULT_TEXT_BYTES = 256
+OVERFLOW = "_overflow"
+
+_stamps = itertools.count(1)  # next() is atomic under the GIL
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def _label_key(labels: Mapping[str, object] | None) -> LabelKey:
+    if not labels:
+        return ()
+    if not isinstance(labels, Mapping):
+        raise TypeError(f"labels must be a mapping of str to str, not {labels!r}")
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+
+
+class _Series:
+    """One metric with one set of label values, in this process's file."""
+
+    kind: ClassVar[int] = 0
+    __slots__ = (
+        "_writer",
+        "_tl",
+        "_cells",
+        "name",
+        "help",
+        "unit",
+        "labels",
+        "_params",
+        "_payload",
+    )
+
+    def __init__(
+        self,
+        writer: FileWriter,
+        name: str,
+        help: str,
+        unit: str,
+        labels: LabelKey,
+    ) -> None:
+        self._writer = writer
+        self._tl = threading.local()
+        self._cells: dict[int, Any] = {}
+        self.name = name
+        self.help = help
+        self.unit = unit
+        self.labels = dict(labels)
+        self._params: dict[str, Any] = {}
+        self._payload = 8
+        writer.reset_hooks.append(self._reset)
+
+    def __repr__(self) -> str:
+        labels = "".join(f" {k}={v!r}" for k, v in self.labels.items())
+        return f"<{type(self).__name__} {self.name}{labels}>"
+
+    def _reset(self) -> None:
+        self._tl = threading.local()
+        self._cells = {}
+
+    def _cell(self) -> Any:
+        """Return the calling thread's cell, allocating it on first use."""
+        writer = self._writer
+        tslot = writer.thread_slot()
+        with writer.lock:
+            cell = self._cells.get(tslot)
+            if cell is None:
+                meta = {
+                    "name": self.name,
+                    "help": self.help,
+                    "unit": self.unit,
+                    "labels": self.labels,
+                }
+                key = (self.name, tuple(sorted(self.labels.items())))
+                mid = writer.metric_id(key, self.kind, meta, **self._params)
+                cell = writer.cell(mid, tslot, self._payload)
+                self._cells[tslot] = cell
+        return cell
+
+
+class CounterSeries(_Series):
+    """An integer that only goes up."""
+
+    kind = F.KIND_COUNTER
+    __slots__ = ()
+
+    def _bind(self) -> tuple[Any, int]:
+        cell = self._cell()
+        self._tl.cell = bound = (cell.q, cell.word)
+        return bound
+
+    def incr(self, n: int = 1) -> None:
+        """Add ``n`` (a non-negative integer) to the counter."""
+        try:
+            q, i = self._tl.cell
+        except AttributeError:
+            q, i = self._bind()
+        if n < 0:
+            raise ValueError(f"Counter {self.name!r} cannot decrease: incr({n!r})")
+        q[i] += n
+
+
+class GaugeSeries(_Series):
+    """A float that goes up and down; the value of the process is one number.
+
+    Each thread changes only its own cell and the reader adds the cells up,
+    so ``incr`` and ``decr`` from many threads lose nothing.  ``set`` stores
+    the value minus the other threads' cells into the caller's cell.
+    """
+
+    kind = F.KIND_GAUGE
+    __slots__ = ()
+
+    def _bind(self) -> tuple[Any, int]:
+        cell = self._cell()
+        self._tl.cell = bound = (cell.d, cell.word)
+        return bound
+
+    def incr(self, n: float = 1.0) -> None:
+        """Add ``n`` to the gauge."""
+        try:
+            d, i = self._tl.cell
+        except AttributeError:
+            d, i = self._bind()
+        d[i] += n
+
+    def decr(self, n: float = 1.0) -> None:
+        """Subtract ``n`` from the gauge."""
+        try:
+            d, i = self._tl.cell
+        except AttributeError:
+            d, i = self._bind()
+        d[i] -= n
+
+    def set(self, value: float) -> None:
+        """Set the gauge to ``value``."""
+        try:
+            d, i = self._tl.cell
+        except AttributeError:
+            d, i = self._bind()
+        others = 0.0
+        if len(self._cells) > 1:
+            for cell in list(self._cells.values()):
+                if cell.word != i or cell.d is not d:
+                    others += cell.d[cell.word]
+        d[i] = value - others
+
+
+class HistogramSeries(_Series):
+    """Counts of observations in log-scaled buckets, with their sum."""
+
+    kind = F.KIND_HISTOGRAM
+    __slots__ = ("_lo", "_inv_lo", "_top")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        lo, hi = F.SECONDS_RANGE if self.unit == "seconds" else F.COUNT_RANGE
+        integer = self.unit in F.INTEGER_UNITS
+        nbuckets = F.bucket_count(lo, hi)
+        self._params = {
+            "lo": lo,
+            "gamma": F.GAMMA,
+            "nbuckets": nbuckets,
+            "flags": F.FLAG_INTEGER if integer else 0,
+        }
+        self._payload = 8 * (F.HIST_BUCKETS + nbuckets)
+        self._lo = lo
+        self._inv_lo = 1.0 / lo
+        self._top = nbuckets - 1
+
+    def _bind(self) -> tuple[Any, Any, int]:
+        cell = self._cell()
+        self._tl.cell = bound = (cell.q, cell.d, cell.word)
+        return bound
+
+    def observe(self, value: float) -> None:
+        """Record one observation of ``value``."""
+        try:
+            q, d, i = self._tl.cell
+        except AttributeError:
+            q, d, i = self._bind()
+        if value > self._lo:
+            k = math.ceil(math.log(value * self._inv_lo) / F.LOG_GAMMA)
+            if k > self._top:
+                k = self._top
+        else:
+            k = 0
+        # Sequence counter: odd while the record changes, so a reader that
+        # sees it odd, or changed across its copy, copies again.
+        q[i] += 1
+        q[i + 1] += 1
+        d[i + 2] += value
+        q[i + 3 + k] += 1
+        q[i] += 1
+
+    def time(self) -> _Timer:
+        """Time a block (``with h.time():``) or a function (``@h.time()``)."""
+        return _Timer(self)
+
+
+class _Timer:
+    """Context manager and decorator that observes elapsed seconds."""
+
+    __slots__ = ("_hist", "_start")
+
+    def __init__(self, hist: HistogramSeries) -> None:
+        self._hist = hist
+        self._start = 0.0
+
+    def __enter__(self) -> _Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hist.observe(time.perf_counter() - self._start)
+
+    def __call__(self, func: _F) -> _F:
+        hist = self._hist
+
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                hist.observe(time.perf_counter() - start)
+
+        return timed  # type: ignore[return-value]
+
+
+class TextSeries(_Series):
+    """A short string; the newest ``set`` from any thread wins."""
+
+    kind = F.KIND_TEXT
+    __slots__ = ("_max",)
+
+    def __init__(self, *args: Any, max_bytes: int = DEFAULT_TEXT_BYTES, **kw: Any):
+        super().__init__(*args, **kw)
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"Text max_bytes must be a positive int, not {max_bytes!r}")
+        self._max = max_bytes
+        self._params = {"text_max": max_bytes}
+        self._payload = 8 * F.TEXT_DATA + F.round8(max_bytes)
+
+    def _bind(self) -> tuple[Any, Any, int]:
+        cell = self._cell()
+        self._tl.cell = bound = (cell.q, cell.b, cell.word)
+        return bound
+
+    def set(self, value: str) -> None:
+        """Store ``value``, cut at a character boundary to the maximum size."""
+        try:
+            q, b, i = self._tl.cell
+        except AttributeError:
+            q, b, i = self._bind()
+        data = F.cut_utf8(str(value).encode("utf-8", "surrogateescape"), self._max)
+        start = (i + F.TEXT_DATA) * 8
+        q[i] += 1
+        q[i + 1] = next(_stamps)
+        q[i + 2] = len(data)
+        b[start : start + len(data)] = data
+        q[i] += 1
+
+
+_SERIES_TYPES: dict[str, type[_Series]] = {
+    "counter": CounterSeries,
+    "gauge": GaugeSeries,
+    "histogram": HistogramSeries,
+    "text": TextSeries,
+}
+
+
+class _Registry:
+    """Series of one writer, by name and labels, with the label cap."""
+
+    def __init__(self, writer: FileWriter) -> None:
+        self.writer = writer
+        self.lock = threading.Lock()
+        self.series: dict[tuple[str, LabelKey], _Series] = {}
+        self.kinds: dict[str, tuple[str, str]] = {}
+        self.label_sets: dict[str, int] = {}
+        self.warned: set[str] = set()
+
+
+_registries: dict[int, _Registry] = {}
+
+
+def _registry(writer: FileWriter) -> _Registry:
+    reg = _registries.get(id(writer))
+    if reg is None:
+        reg = _registries.setdefault(id(writer), _Registry(writer))
+    return reg
+
+
+def _after_fork_in_child() -> None:
+    for reg in _registries.values():
+        reg.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Field:
+    """A metric declared on a :class:`Stats` subclass."""
+
+    kind = ""
+
+    def __init__(self, help: str = "", *, labels: tuple[str, ...] = ()) -> None:
+        self.help = help
+        self.labelnames = tuple(labels)
+        self.unit = ""
+        self.options: dict[str, Any] = {}
+
+    def make(self, stats: Stats, name: str) -> Any:
+        if self.labelnames:
+            return Family(stats, self.kind, name, self.help, self.unit, self.labelnames, self.options)
+        return stats._series(self.kind, name, self.help, self.unit, None, self.options)
+
+
+class Counter(_Field):
+    """Declare an integer counter: ``done = Counter("Jobs finished")``."""
+
+    kind = "counter"
+
+
+class Gauge(_Field):
+    """Declare a float gauge: ``queue = Gauge("Jobs waiting")``."""
+
+    kind = "gauge"
+
+
+class Histogram(_Field):
+    """Declare a histogram: ``runtime = Histogram("Run time", unit="seconds")``."""
+
+    kind = "histogram"
+
+    def __init__(
+        self, help: str = "", *, unit: str = "seconds", labels: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(help, labels=labels)
+        self.unit = unit
+
+
+class Text(_Field):
+    """Declare a short text: ``version = Text("Deployed version", max_bytes=64)``."""
+
+    kind = "text"
+
+    def __init__(
+        self,
+        help: str = "",
+        *,
+        max_bytes: int = DEFAULT_TEXT_BYTES,
+        labels: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(help, labels=labels)
+        self.options = {"max_bytes": max_bytes}
+
+
+class Family:
+    """A declared metric with label names; ``.labels(...)`` gives a series."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        kind: str,
+        name: str,
+        help: str,
+        unit: str,
+        labelnames: tuple[str, ...],
+        options: dict[str, Any],
+    ) -> None:
+        self._stats = stats
+        self._kind = kind
+        self.name = name
+        self._help = help
+        self._unit = unit
+        self.labelnames = labelnames
+        self._options = options
+
+    def labels(self, **values: object) -> Any:
+        """Return the series for these label values."""
+        if set(values) != set(self.labelnames):
+            raise ValueError(
+                f"Metric {self.name!r} takes labels {sorted(self.labelnames)!r}, "
+                f"not {sorted(values)!r}"
+            )
+        return self._stats._series(
+            self._kind, self.name, self._help, self._unit, values, self._options
+        )
+
+
+class Stats:
+    """A set of metrics written to this process's stats file.
+
+    Subclass it and declare fields, or call :meth:`counter`, :meth:`gauge`,
+    :meth:`histogram` and :meth:`text` for names known only at run time.
+    The directory comes from ``directory``, else ``MMSTATS_DIR``, else a
+    private per-user default; the file is created on the first write.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        *,
+        label_limit: int = DEFAULT_LABEL_LIMIT,
+    ) -> None:
+        if not isinstance(label_limit, int) or label_limit < 1:
+            raise ValueError(f"label_limit must be a positive int, not {label_limit!r}")
+        self._writer = get_writer(directory, name)
+        self._registry = _registry(self._writer)
+        self._label_limit = label_limit
+        for cls in reversed(type(self).__mro__):
+            for attr, value in vars(cls).items():
+                if isinstance(value, _Field):
+                    setattr(self, attr, value.make(self, attr))
+
+    @property
+    def path(self) -> str | None:
+        """Path of this process's stats file, or None before the first write."""
+        return self._writer.path
+
+    @property
+    def disabled(self) -> str | None:
+        """Why stats are off for this process, or None while they work."""
+        return self._writer.disabled
+
+    def counter(
+        self, name: str, help: str = "", labels: Mapping[str, object] | None = None
+    ) -> CounterSeries:
+        """Return the counter ``name`` with these labels."""
+        series: CounterSeries = self._series("counter", name, help, "", labels, {})
+        return series
+
+    def gauge(
+        self, name: str, help: str = "", labels: Mapping[str, object] | None = None
+    ) -> GaugeSeries:
+        """Return the gauge ``name`` with these labels."""
+        series: GaugeSeries = self._series("gauge", name, help, "", labels, {})
+        return series
+
+    def histogram(
+        self,
+        name: str,
+        help: str = "",
+        labels: Mapping[str, object] | None = None,
+        *,
+        unit: str = "seconds",
+    ) -> HistogramSeries:
+        """Return the histogram ``name`` with these labels."""
+        series: HistogramSeries = self._series("histogram", name, help, unit, labels, {})
+        return series
+
+    def text(
+        self,
+        name: str,
+        help: str = "",
+        labels: Mapping[str, object] | None = None,
+        *,
+        max_bytes: int = DEFAULT_TEXT_BYTES,
+    ) -> TextSeries:
+        """Return the text ``name`` with these labels."""
+        options = {"max_bytes": max_bytes}
+        series: TextSeries = self._series("text", name, help, "", labels, options)
+        return series
+
+    def _series(
+        self,
+        kind: str,
+        name: str,
+        help: str,
+        unit: str,
+        labels: Mapping[str, object] | None,
+        options: dict[str, Any],
+    ) -> Any:
+        key = (name, _label_key(labels))
+        reg = self._registry
+        series = reg.series.get(key)
+        if series is not None and series.kind == _SERIES_TYPES[kind].kind:
+            return series
+        with reg.lock:
+            return self._make_series(reg, kind, name, help, unit, key, options)
+
+    def _make_series(
+        self,
+        reg: _Registry,
+        kind: str,
+        name: str,
+        help: str,
+        unit: str,
+        key: tuple[str, LabelKey],
+        options: dict[str, Any],
+    ) -> Any:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Metric name must be a non-empty str, not {name!r}")
+        known = reg.kinds.get(name)
+        if known is not None and known[0] != kind:
+            raise ValueError(
+                f"Metric {name!r} is a {known[0]}; it cannot also be a {kind}"
+            )
+        series = reg.series.get(key)
+        if series is not None:
+            return series
+
+        labels = key[1]
+        if labels:
+            used = reg.label_sets.get(name, 0)
+            if used >= self._label_limit:
+                return self._overflow(reg, kind, name, help, unit, labels, options)
+            reg.label_sets[name] = used + 1
+
+        cls = _SERIES_TYPES[kind]
+        series = cls(self._writer, name, help, unit, labels, **options)
+        reg.kinds.setdefault(name, (kind, unit))
+        reg.series[key] = series
+        return series
+
+    def _overflow(
+        self,
+        reg: _Registry,
+        kind: str,
+        name: str,
+        help: str,
+        unit: str,
+        labels: LabelKey,
+        options: dict[str, Any],
+    ) -> Any:
+        """Return the series that collects values past the label cap."""
+        if name not in reg.warned:
+            reg.warned.add(name)
+            log.warning(
+                "Metric %r reached its cap of %d label sets; further values go "
+                "to labels %r=%r.",
+                name,
+                self._label_limit,
+                [k for k, _ in labels],
+                OVERFLOW,
+            )
+        dropped_key = ("mmstats_dropped_labels", (("metric", name),))
+        dropped = reg.series.get(dropped_key)
+        if dropped is None:
+            dropped = CounterSeries(
+                self._writer,
+                "mmstats_dropped_labels",
+                "Uses of a label set refused by the label cap",
+                "",
+                dropped_key[1],
+            )
+            reg.series[dropped_key] = dropped
+        dropped.incr()
+
+        okey = (name, tuple((k, OVERFLOW) for k, _ in labels))
+        series = reg.series.get(okey)
+        if series is None:
+            cls = _SERIES_TYPES[kind]
+            series = cls(self._writer, name, help, unit, okey[1], **options)
+            reg.series[okey] = series
+        return series

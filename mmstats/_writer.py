@@ -1,0 +1,464 @@
+"""The stats file of one process: creation, growth, thread slots and fork.
+
+A :class:`FileWriter` owns one memory-mapped file.  Records are allocated
+under a lock (a new metric, a new thread, a new request slot); the values
+inside them are then written without any lock or system call by the one
+thread that owns the record.  See docs/FORMAT.md for the layout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import mmap
+import os
+import secrets
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _format as F
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 256 * 1024
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def default_directory() -> str:
+    """Return the private per-user stats directory used when none is given."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "mmstats")
+    return f"/tmp/mmstats-{os.getuid()}"
+
+
+def resolve_directory(directory: str | os.PathLike[str] | None) -> tuple[str, bool]:
+    """Return the stats directory and whether it is the private default."""
+    if directory is not None:
+        return os.path.abspath(os.fspath(directory)), False
+    env = os.environ.get("MMSTATS_DIR")
+    if env:
+        return os.path.abspath(env), False
+    return default_directory(), True
+
+
+def default_name() -> str:
+    """Return the app name used in file names: ``MMSTATS_NAME`` or the program."""
+    name = os.environ.get("MMSTATS_NAME") or os.path.basename(sys.argv[0] or "python")
+    return safe_name(name)
+
+
+def safe_name(name: str) -> str:
+    """Return ``name`` reduced to characters that are safe in a file name."""
+    if name.endswith(".py"):
+        name = name[:-3]
+    cleaned = "".join(c if c in _NAME_OK else "_" for c in name)[:40]
+    return cleaned or "app"
+
+
+def ensure_directory(path: str, private: bool) -> None:
+    """Create the stats directory if needed and check that it is safe to use.
+
+    :raises OSError: when the directory cannot be created or is unsafe; the
+        message names the path and the reason.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        if private:
+            raise
+        os.makedirs(path, 0o700, exist_ok=True)
+
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(f"{path!r} is a symlink, not a directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path!r} is not a directory")
+    uid = os.getuid()
+    if private:
+        if st.st_uid != uid:
+            raise OSError(f"{path!r} is owned by uid {st.st_uid}, not {uid}")
+        if st.st_mode & 0o077:
+            raise OSError(
+                f"{path!r} has mode {stat.S_IMODE(st.st_mode):o}, not 700"
+            )
+    elif st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX and st.st_uid != uid:
+        raise OSError(f"{path!r} is world-writable and owned by uid {st.st_uid}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(f"{path!r} is not writable by uid {uid}")
+
+
+def _read_proc(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def process_start_ticks(pid: int) -> int:
+    """Return field 22 of ``/proc/<pid>/stat`` (0 when unknown)."""
+    text = _read_proc(f"/proc/{pid}/stat")
+    # The command name in parentheses may hold spaces; fields follow the last ")".
+    tail = text.rpartition(")")[2].split()
+    try:
+        return int(tail[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def boot_time() -> float:
+    """Return the Unix time of the last boot (0.0 when unknown)."""
+    for line in _read_proc("/proc/stat").splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def pid_namespace() -> int:
+    """Return the inode of this process's pid namespace (0 when unknown)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def boot_id() -> str:
+    """Return the kernel's boot id, which tells reboots and hosts apart."""
+    return _read_proc("/proc/sys/kernel/random/boot_id").strip()
+
+
+def _command_line() -> str:
+    raw = _read_proc("/proc/self/cmdline")
+    return raw.replace("\x00", " ").strip() or " ".join(sys.argv)
+
+
+class _Chunk:
+    """One mapped piece of the file, with byte, int64 and float64 views."""
+
+    __slots__ = ("mm", "b", "q", "d", "offset", "size")
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, offset=offset)
+        self.b = memoryview(self.mm)
+        self.q = self.b.cast("q")
+        self.d = self.b.cast("d")
+        self.offset = offset
+        self.size = size
+
+
+class Cell:
+    """A record's location: the chunk views and the word index of its payload."""
+
+    __slots__ = ("q", "d", "b", "word", "byte")
+
+    def __init__(self, chunk: Any, byte: int) -> None:
+        self.q = chunk.q
+        self.d = chunk.d
+        self.b = chunk.b
+        self.byte = byte
+        self.word = byte // 8
+
+
+class _Sink:
+    """Views over private memory, used when stats are off for this process."""
+
+    def __init__(self, size: int) -> None:
+        self.mm = bytearray(F.round8(size) + 8 * F.CELL_PAYLOAD)
+        self.b = memoryview(self.mm)
+        self.q = self.b.cast("q")
+        self.d = self.b.cast("d")
+
+
+class _ThreadToken:
+    """Lives in a thread's local storage; gives the thread slot back at exit."""
+
+    __slots__ = ("slot", "writer", "generation", "__weakref__")
+
+    def __init__(self, writer: FileWriter, slot: int) -> None:
+        self.slot = slot
+        self.writer = writer
+        self.generation = writer.generation
+
+    def __del__(self) -> None:
+        writer = self.writer
+        if writer.generation == self.generation:
+            # list.append is atomic under the GIL; no lock at thread exit.
+            writer.free_thread_slots.append(self.slot)
+
+
+class FileWriter:
+    """The stats file of this process for one directory and app name."""
+
+    def __init__(self, directory: str, private: bool, name: str) -> None:
+        self.directory = directory
+        self.private = private
+        self.name = name
+        self.lock = threading.Lock()
+        self.generation = 0
+        self._reset_state()
+        self.reset_hooks: list[Callable[[], None]] = []
+
+    def _reset_state(self) -> None:
+        self.path: str | None = None
+        self.fd = -1
+        self.pid = os.getpid()
+        self.chunks: list[_Chunk] = []
+        self.header: _Chunk | None = None
+        self.end = F.HEADER_SIZE  # next free byte in the file
+        self.file_size = 0
+        self.disabled: str | None = None
+        self.metric_ids: dict[Any, int] = {}
+        self.free_thread_slots: list[int] = []
+        self.next_thread_slot = 0
+        self.local = threading.local()
+
+    # -- thread slots -------------------------------------------------------
+
+    def thread_slot(self) -> int:
+        """Return the calling thread's slot number, taking one if needed."""
+        token = getattr(self.local, "token", None)
+        if token is not None:
+            return int(token.slot)
+        with self.lock:
+            if self.free_thread_slots:
+                slot = min(self.free_thread_slots)
+                self.free_thread_slots.remove(slot)
+            else:
+                slot = self.next_thread_slot
+                self.next_thread_slot += 1
+        self.local.token = _ThreadToken(self, slot)
+        return slot
+
+    # -- the file -------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Create this process's file; on failure switch stats off, once."""
+        if self.path is not None or self.disabled is not None:
+            return
+        path = None
+        try:
+            ensure_directory(self.directory, self.private)
+            token = secrets.token_hex(4)
+            path = os.path.join(
+                self.directory, f"{self.name}.{os.getpid()}.{token}{F.SUFFIX}"
+            )
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, CHUNK_SIZE)
+                self.fd = fd
+                self.file_size = CHUNK_SIZE
+                chunk = _Chunk(fd, 0, CHUNK_SIZE)
+            except BaseException:
+                os.close(fd)
+                os.unlink(path)
+                raise
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self._disable(path or self.directory, reason)
+            return
+
+        self.chunks.append(chunk)
+        self.header = chunk
+        self.path = path
+        self._write_header(chunk)
+        log.debug("Created stats file %s for pid %d", path, os.getpid())
+
+    def _disable(self, path: str, reason: str) -> None:
+        self.disabled = reason
+        log.warning(
+            "Stats are off for pid %d: cannot use %r: %s; set MMSTATS_DIR to a "
+            "writable directory you own.",
+            os.getpid(),
+            path,
+            reason,
+        )
+
+    def _write_header(self, chunk: _Chunk) -> None:
+        pid = os.getpid()
+        ticks = process_start_ticks(pid)
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        started = boot_time() + ticks / hz if ticks else time.time()
+        b, q, d = chunk.b, chunk.q, chunk.d
+        b[F.H_MAGIC : F.H_MAGIC + 8] = F.MAGIC
+        b[F.H_VERSION : F.H_VERSION + 4] = F.VERSION.to_bytes(4, F.NATIVE_ORDER)
+        b[F.H_HEADER_SIZE : F.H_HEADER_SIZE + 4] = F.HEADER_SIZE.to_bytes(
+            4, F.NATIVE_ORDER
+        )
+        q[F.H_BYTE_ORDER // 8] = F.BYTE_ORDER_MARK
+        q[F.H_PID // 8] = pid
+        q[F.H_START_TICKS // 8] = ticks
+        d[F.H_START_TIME // 8] = started
+        d[F.H_CREATED // 8] = time.time()
+        q[F.H_PIDNS // 8] = pid_namespace()
+        put_string(b, F.H_BOOT_ID, F.BOOT_ID_SIZE, boot_id().encode())
+        put_string(b, F.H_HOSTNAME, F.HOSTNAME_SIZE, socket.gethostname().encode())
+        put_string(b, F.H_NAME, F.NAME_SIZE, self.name.encode())
+        put_string(b, F.H_COMMAND, F.COMMAND_SIZE, _command_line().encode())
+        # The used length goes last: it tells a reader the header is complete.
+        q[F.H_USED // 8] = F.HEADER_SIZE
+
+    def allocate(self, rtype: int, size: int, fill: Callable[[Any, int], None]) -> Any:
+        """Allocate a record, let ``fill`` write its body, then publish it.
+
+        Call with :attr:`lock` held.  Returns a :class:`Cell` at the record
+        start, or a cell in private memory when stats are off.
+        """
+        if self.path is None:
+            self._open()
+        if self.disabled is not None:
+            return Cell(_Sink(size), 0)
+
+        size = F.round8(size)
+        chunk = self.chunks[-1]
+        offset = self.end - chunk.offset
+        if offset + size > chunk.size:
+            try:
+                chunk = self._grow(size)
+            except OSError as exc:
+                self._disable(self.path or self.directory, exc.strerror or str(exc))
+                return Cell(_Sink(size), 0)
+            offset = self.end - chunk.offset
+
+        fill(chunk, offset)
+        chunk.b[offset : offset + 8] = F.RECORD_HEAD.pack(rtype, size)
+        self.end += size
+        assert self.header is not None
+        # Publish: a reader reads records only up to the used length.
+        self.header.q[F.H_USED // 8] = self.end
+        return Cell(chunk, offset)
+
+    def _grow(self, size: int) -> _Chunk:
+        """Map a new chunk at the end of the file, padding the old one's tail."""
+        old = self.chunks[-1]
+        tail = old.offset + old.size - self.end
+        new_size = max(CHUNK_SIZE, (size + CHUNK_SIZE - 1) // CHUNK_SIZE * CHUNK_SIZE)
+        # fallocate, not ftruncate: a hole that cannot be filled on a full
+        # disk would kill the process with SIGBUS on its first store.
+        os.posix_fallocate(self.fd, self.file_size, new_size)
+        chunk = _Chunk(self.fd, self.file_size, new_size)
+        if tail:
+            start = self.end - old.offset
+            old.b[start : start + 8] = F.RECORD_HEAD.pack(F.R_PAD, tail)
+        self.chunks.append(chunk)
+        self.file_size += new_size
+        self.end = chunk.offset
+        log.debug("Grew stats file %s to %d bytes", self.path, self.file_size)
+        return chunk
+
+    def metric_id(self, key: Any, kind: int, meta: dict[str, Any], **params: Any) -> int:
+        """Return the id of a metric in this file, writing its record once."""
+        mid = self.metric_ids.get(key)
+        if mid is not None:
+            return mid
+        mid = len(self.metric_ids) + 1
+        blob = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        fixed = F.METRIC_FIXED
+
+        def fill(chunk: Any, off: int) -> None:
+            packed = fixed.pack(
+                0,
+                0,
+                mid,
+                kind,
+                params.get("flags", 0),
+                params.get("nbuckets", 0),
+                params.get("lo", 0.0),
+                params.get("gamma", 0.0),
+                params.get("text_max", 0),
+                len(blob),
+            )
+            chunk.b[off : off + fixed.size] = packed
+            chunk.b[off + fixed.size : off + fixed.size + len(blob)] = blob
+
+        self.allocate(F.R_METRIC, fixed.size + len(blob), fill)
+        self.metric_ids[key] = mid
+        return mid
+
+    def cell(self, mid: int, tslot: int, payload: int) -> Cell:
+        """Allocate a zeroed cell record for metric ``mid`` and thread ``tslot``."""
+
+        def fill(chunk: Any, off: int) -> None:
+            chunk.b[off + 8 : off + 16] = F.CELL_FIXED.pack(0, 0, mid, tslot)[8:]
+
+        cell = self.allocate(F.R_CELL, F.CELL_PAYLOAD + payload, fill)
+        if self.disabled is None:
+            cell.byte += F.CELL_PAYLOAD
+            cell.word += F.CELL_PAYLOAD // 8
+        return cell
+
+    def heartbeat(self, now: float) -> None:
+        """Record the time of the last finished request in the header."""
+        if self.header is not None:
+            self.header.d[F.H_HEARTBEAT // 8] = now
+
+    def close(self) -> None:
+        """Mark the file closed cleanly; values stay readable."""
+        if self.header is None or self.pid != os.getpid():
+            return
+        self.header.d[F.H_CLOSED_AT // 8] = time.time()
+        self.header.q[F.H_CLOSED // 8] = 1
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's file: the child writes a new file of its own.
+
+        The parent's mappings are dropped, not unmapped, so stale views can
+        never fault; they are only ever written through records of the old
+        generation, which nothing reaches any more.
+        """
+        self.lock = threading.Lock()
+        self.generation += 1
+        self._reset_state()
+        for hook in list(self.reset_hooks):
+            hook()
+
+
+def put_string(b: Any, offset: int, size: int, data: bytes) -> None:
+    """Write ``data`` as u16 length + bytes into a ``size`` byte field."""
+    data = F.cut_utf8(data, size - 2)
+    b[offset : offset + 2] = len(data).to_bytes(2, F.NATIVE_ORDER)
+    b[offset + 2 : offset + 2 + len(data)] = data
+
+
+_writers: dict[tuple[str, str], FileWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def get_writer(directory: str | os.PathLike[str] | None, name: str | None) -> FileWriter:
+    """Return the process's writer for a directory and app name, making it once."""
+    path, private = resolve_directory(directory)
+    key = (path, safe_name(name) if name else default_name())
+    writer = _writers.get(key)
+    if writer is None:
+        with _writers_lock:
+            writer = _writers.get(key)
+            if writer is None:
+                writer = FileWriter(path, private, key[1])
+                _writers[key] = writer
+    return writer
+
+
+def _after_fork_in_child() -> None:
+    global _writers_lock
+    # A lock held by another thread at fork time would never be released.
+    _writers_lock = threading.Lock()
+    for writer in list(_writers.values()):
+        writer.reset_after_fork()
+
+
+def _close_all() -> None:
+    for writer in list(_writers.values()):
+        writer.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all)
