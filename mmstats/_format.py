@@ -122,6 +122,13 @@ def bucket_count(lo: float, hi: float) -> int:
     return math.ceil(math.log(hi / lo) / LOG_GAMMA) + 2
 
 
+def bucket_index(lo: float, value: float, nbuckets: int = 1 << 30) -> int:
+    """Return the bucket of ``value`` (the writer inlines the same sum)."""
+    if not value > lo:
+        return 0
+    return min(math.ceil(math.log(value / lo) / LOG_GAMMA), nbuckets - 1)
+
+
 def bucket_bounds(lo: float, k: int) -> tuple[float, float]:
     """Return the (lower, upper] bounds of bucket ``k``."""
     if k == 0:

@@ -15,7 +15,6 @@ import mmap
 import os
 import socket
 import stat
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from .exceptions import CorruptFileError, DirectoryError, UnsupportedVersionErro
 
 log = logging.getLogger(__name__)
 
-SEQ_RETRIES = 200
 LabelKey = tuple[tuple[str, str], ...]
 
 
@@ -414,18 +412,29 @@ def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
     return worker
 
 
-def _seq_copy(q: Any, word: int, n: int, live: bool) -> list[int] | None:
-    """Copy ``n`` words guarded by the sequence word at ``word``."""
-    for attempt in range(SEQ_RETRIES if live else 1):
-        before = q[word]
-        if before & 1 and live:
-            if attempt > 20:
-                time.sleep(0)
-            continue
-        words = q[word : word + n].tolist()
-        if q[word] == before and not before & 1:
-            return words
-    return None  # a writer died mid-update, or never settled
+def _stable(
+    b: Any, q: Any, seq_word: int, start: int, end: int, live: bool
+) -> tuple[bytes, int, bool]:
+    """Copy bytes ``start:end`` of a record guarded by a sequence word.
+
+    Returns the copy, the sequence value and whether the copy is
+    consistent: the sequence was even and unchanged across the copy.  A
+    live writer is waited for (up to 0.2 s); a dead one never moves.
+    """
+    deadline = 0.0
+    while True:
+        before = q[seq_word]
+        data = bytes(b[start:end])  # one memcpy: short, so rarely raced
+        if not before & 1 and q[seq_word] == before:
+            return data, before, True
+        if not live:
+            return data, before, False
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + 0.2
+        elif now > deadline:
+            return data, before, False
+        time.sleep(0)
 
 
 def _parse_records(worker: Worker, b: Any, q: Any, d: Any, used: int) -> None:
@@ -447,9 +456,9 @@ def _parse_records(worker: Worker, b: Any, q: Any, d: Any, used: int) -> None:
             _, _, mid, tslot = F.CELL_FIXED.unpack(b[off : off + 16])
             cells.append((mid, tslot, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD))
         elif rtype == F.R_SLOT:
-            _parse_slot(worker, b, q, d, off, rsize, live)
+            _parse_slot(worker, b, q, off, rsize, live)
         elif rtype == F.R_RING:
-            _parse_ring(worker, b, q, d, off, rsize, live)
+            _parse_ring(worker, b, q, off, rsize, live)
         elif rtype != F.R_PAD:
             raise CorruptFileError(worker.path, f"has a record of unknown type {rtype}")
         off += rsize
@@ -507,13 +516,13 @@ def _collect_series(
         elif kind == F.KIND_GAUGE:
             values[mid] = values.get(mid, 0.0) + d[word]
         elif kind == F.KIND_HISTOGRAM:
-            hist = _read_histogram(meta, q, word, size, live)
+            hist = _read_histogram(meta, b, q, word, size, live)
             if mid in values:
                 values[mid].merge(hist)
             else:
                 values[mid] = hist
         else:
-            got = _read_text(meta, q, b, word, size, live)
+            got = _read_text(meta, b, q, word, size, live)
             if got is not None and got[0] >= stamps.get(mid, -1):
                 stamps[mid] = got[0]
                 values[mid] = got[1]
@@ -534,113 +543,103 @@ def _collect_series(
 
 
 def _read_histogram(
-    meta: dict[str, Any], q: Any, word: int, size: int, live: bool
+    meta: dict[str, Any], b: Any, q: Any, word: int, size: int, live: bool
 ) -> HistogramValue:
     n = meta["nbuckets"]
     if size < 8 * (F.HIST_BUCKETS + n):
         raise ValueError("histogram cell is shorter than its buckets")
-    words = _seq_copy(q, word, F.HIST_BUCKETS + n, live)
-    repaired = words is None
-    if words is None:
-        words = q[word : word + F.HIST_BUCKETS + n].tolist()
+    end = (word + F.HIST_BUCKETS + n) * 8
+    data, _, settled = _stable(b, q, word, word * 8, end, live)
+    view = memoryview(data)
+    words = view.cast("q").tolist()
     buckets = {k: c for k, c in enumerate(words[F.HIST_BUCKETS :]) if c}
-    total = sum(buckets.values())
-    sum_value = _as_float(words[F.HIST_SUM])
+    sum_value: float = view.cast("d")[F.HIST_SUM]
     count = words[F.HIST_COUNT]
-    if repaired or count != total:
-        # A writer killed mid-update: the buckets are the truth.
-        count = total
-    return HistogramValue(meta["lo"], meta["gamma"], meta["integer"], count, sum_value, buckets)
-
-
-_QD = struct.Struct("=q"), struct.Struct("=d")
-
-
-def _as_float(word: int) -> float:
-    """Reinterpret a signed 64-bit word as the float64 it stores."""
-    value: float = _QD[1].unpack(_QD[0].pack(word))[0]
-    return value
+    if not settled:
+        # A writer killed mid-update (or one that never let go for 0.2 s):
+        # the buckets are the truth for the count.
+        count = sum(buckets.values())
+    return HistogramValue(
+        meta["lo"], meta["gamma"], meta["integer"], count, sum_value, buckets
+    )
 
 
 def _read_text(
-    meta: dict[str, Any], q: Any, b: Any, word: int, size: int, live: bool
+    meta: dict[str, Any], b: Any, q: Any, word: int, size: int, live: bool
 ) -> tuple[int, str] | None:
     limit = size - 8 * F.TEXT_DATA
-    for _ in range(SEQ_RETRIES if live else 1):
-        seq = q[word]
-        if seq & 1:
-            continue
-        stamp, length = q[word + 1], q[word + 2]
-        if length < 0 or length > limit:
-            raise ValueError(f"text cell claims {length} bytes of {limit}")
-        start = (word + F.TEXT_DATA) * 8
-        data = bytes(b[start : start + length])
-        if q[word] == seq:
-            return (stamp, text(data)) if seq else None
-    return None
+    data, seq, settled = _stable(b, q, word, word * 8, word * 8 + size, live)
+    if not settled or not seq:
+        return None
+    words = memoryview(data).cast("q")
+    stamp, length = words[F.TEXT_STAMP], words[F.TEXT_LEN]
+    if length < 0 or length > limit:
+        raise ValueError(f"text cell claims {length} bytes of {limit}")
+    start = 8 * F.TEXT_DATA
+    return stamp, text(data[start : start + length])
 
 
-def _parse_slot(worker: Worker, b: Any, q: Any, d: Any, off: int, rsize: int, live: bool) -> None:
+def _parse_slot(
+    worker: Worker, b: Any, q: Any, off: int, rsize: int, live: bool
+) -> None:
     if rsize < F.SLOT_SIZE:
         raise ValueError(f"slot record at byte {off} is too short")
     index = F.SLOT_FIXED.unpack(b[off : off + 16])[2]
-    w = (off + 16) // 8
-    for _ in range(SEQ_RETRIES if live else 1):
-        seq = q[w + F.S_SEQ]
-        if seq & 1 and live:
-            continue
-        state = q[w + F.S_STATE]
-        if state != 1:
-            return
-        s = (w + F.S_STRINGS) * 8
-        slot = Slot(
+    start = off + 16
+    data, _, _ = _stable(b, q, start // 8, start, off + F.SLOT_SIZE, live)
+    words = memoryview(data).cast("q")
+    floats = memoryview(data).cast("d")
+    if words[F.S_STATE] != 1:
+        return
+    s = F.S_STRINGS * 8
+    worker.slots.append(
+        Slot(
             index=index,
-            thread=q[w + F.S_THREAD],
-            started=d[w + F.S_STARTED],
-            queries=q[w + F.S_QUERIES],
-            db_seconds=d[w + F.S_DB_SECONDS],
-            method=_get_string(b, s, F.METHOD_SIZE),
-            path=_get_string(b, s + F.METHOD_SIZE, F.PATH_SIZE),
-            view=_get_string(b, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
+            thread=words[F.S_THREAD],
+            started=floats[F.S_STARTED],
+            queries=words[F.S_QUERIES],
+            db_seconds=floats[F.S_DB_SECONDS],
+            method=_get_string(data, s, F.METHOD_SIZE),
+            path=_get_string(data, s + F.METHOD_SIZE, F.PATH_SIZE),
+            view=_get_string(data, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
         )
-        if q[w + F.S_SEQ] == seq:
-            worker.slots.append(slot)
-            return
+    )
 
 
-def _parse_ring(worker: Worker, b: Any, q: Any, d: Any, off: int, rsize: int, live: bool) -> None:
+def _parse_ring(
+    worker: Worker, b: Any, q: Any, off: int, rsize: int, live: bool
+) -> None:
     _, _, capacity, entry_size = F.RING_FIXED.unpack(b[off : off + 16])
     if entry_size != F.ENTRY_SIZE or 16 + capacity * entry_size > rsize:
         raise ValueError(f"slow ring at byte {off} has a bad size")
     for i in range(capacity):
         start = off + 16 + i * entry_size
-        w = start // 8
-        for _ in range(SEQ_RETRIES if live else 1):
-            gen = q[w + F.E_GEN]
-            if gen == 0:
-                break
-            if gen & 1:
-                continue  # being written; a dead writer's entry is dropped
-            s = start + 8 * F.E_STRINGS
-            entry = SlowEntry(
+        if q[start // 8 + F.E_GEN] == 0:
+            continue
+        data, gen, settled = _stable(b, q, start // 8, start, start + entry_size, live)
+        if not settled:
+            continue  # a writer killed mid-entry: the entry is incomplete
+        words = memoryview(data).cast("q")
+        floats = memoryview(data).cast("d")
+        s = 8 * F.E_STRINGS
+        worker.slow.append(
+            SlowEntry(
                 seq=gen // 2,
                 pid=worker.pid,
                 hostname=worker.hostname,
-                end=d[w + F.E_END],
-                start=d[w + F.E_START],
-                duration=d[w + F.E_DURATION],
-                status=q[w + F.E_STATUS],
-                queries=q[w + F.E_QUERIES],
-                db_seconds=d[w + F.E_DB_SECONDS],
-                memory_delta=q[w + F.E_MEMORY_DELTA],
-                load_delta=d[w + F.E_LOAD_DELTA],
-                method=_get_string(b, s, F.METHOD_SIZE),
-                path=_get_string(b, s + F.METHOD_SIZE, F.PATH_SIZE),
-                view=_get_string(b, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
+                end=floats[F.E_END],
+                start=floats[F.E_START],
+                duration=floats[F.E_DURATION],
+                status=words[F.E_STATUS],
+                queries=words[F.E_QUERIES],
+                db_seconds=floats[F.E_DB_SECONDS],
+                memory_delta=words[F.E_MEMORY_DELTA],
+                load_delta=floats[F.E_LOAD_DELTA],
+                method=_get_string(data, s, F.METHOD_SIZE),
+                path=_get_string(data, s + F.METHOD_SIZE, F.PATH_SIZE),
+                view=_get_string(data, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
             )
-            if q[w + F.E_GEN] == gen:
-                worker.slow.append(entry)
-                break
+        )
     worker.slow.sort(key=lambda e: e.seq, reverse=True)
 
 

@@ -115,6 +115,10 @@ class Request:
             slot.q[slot.word + F.S_QUERIES] = self.queries
             slot.d[slot.word + F.S_DB_SECONDS] = self.db_seconds
 
+    def set_exception(self, exception: BaseException) -> None:
+        """Note the unhandled exception this request ended with."""
+        self.exception = exception_name(exception)
+
     def set_view(self, view: str | None) -> None:
         """Name the view serving this request, also in its slot."""
         if not view or view == self.view:
@@ -328,6 +332,7 @@ class RequestRecorder:
             responses.incr()
         if exception is not None:
             request.exception = exception_name(exception)
+        if request.exception is not None:
             self.stats.counter(
                 "exceptions", "Unhandled exceptions by class", {"exception": request.exception}
             ).incr()

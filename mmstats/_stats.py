@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LABEL_LIMIT = 100
 DEFAULT_TEXT_BYTES = 256
 OVERFLOW = "_overflow"
+_INV_LOG_GAMMA = 1.0 / F.LOG_GAMMA
 
 _stamps = itertools.count(1)  # next() is atomic under the GIL
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -200,14 +201,16 @@ class HistogramSeries(_Series):
         self._tl.cell = bound = (cell.q, cell.d, cell.word)
         return bound
 
-    def observe(self, value: float) -> None:
+    def observe(
+        self, value: float, _log: Any = math.log, _ceil: Any = math.ceil
+    ) -> None:
         """Record one observation of ``value``."""
         try:
             q, d, i = self._tl.cell
         except AttributeError:
             q, d, i = self._bind()
         if value > self._lo:
-            k = math.ceil(math.log(value * self._inv_lo) / F.LOG_GAMMA)
+            k = _ceil(_log(value * self._inv_lo) * _INV_LOG_GAMMA)
             if k > self._top:
                 k = self._top
         else:

@@ -241,36 +241,43 @@ class FileWriter:
     # -- the file -------------------------------------------------------------
 
     def _open(self) -> None:
-        """Create this process's file; on failure switch stats off, once."""
+        """Create this process's file; on failure switch stats off, once.
+
+        The file is written under a temporary name and then linked to its
+        final name, so a reader never sees a file without its header, and
+        ``link`` fails rather than replace or follow anything planted there.
+        """
         if self.path is not None or self.disabled is not None:
             return
         path = None
         try:
             ensure_directory(self.directory, self.private)
             token = secrets.token_hex(4)
-            path = os.path.join(
-                self.directory, f"{self.name}.{os.getpid()}.{token}{F.SUFFIX}"
-            )
+            base = f"{self.name}.{os.getpid()}.{token}"
+            path = os.path.join(self.directory, base + F.SUFFIX)
+            tmp = os.path.join(self.directory, f".{base}.new")
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(tmp, flags, 0o600)
             try:
                 os.posix_fallocate(fd, 0, CHUNK_SIZE)
-                self.fd = fd
-                self.file_size = CHUNK_SIZE
                 chunk = _Chunk(fd, 0, CHUNK_SIZE)
+                self._write_header(chunk)
+                os.link(tmp, path, follow_symlinks=False)
             except BaseException:
                 os.close(fd)
-                os.unlink(path)
                 raise
+            finally:
+                os.unlink(tmp)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             self._disable(path or self.directory, reason)
             return
 
+        self.fd = fd
+        self.file_size = CHUNK_SIZE
         self.chunks.append(chunk)
         self.header = chunk
         self.path = path
-        self._write_header(chunk)
         log.debug("Created stats file %s for pid %d", path, os.getpid())
 
     def _disable(self, path: str, reason: str) -> None:
