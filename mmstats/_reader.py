@@ -350,18 +350,33 @@ def read_file(path: str | os.PathLike[str]) -> Worker:
         message names the file and the reason.
     """
     path = os.fspath(path)
-    mm, size = _open_file(path)
-    try:
-        return _parse(path, mm, size)
-    except (CorruptFileError, UnsupportedVersionError):
-        raise
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
-        raise CorruptFileError(path, str(exc)) from None
-    finally:
+    for attempt in range(3):
+        mm, size = _open_file(path)
         try:
-            mm.close()
-        except BufferError:
-            pass
+            return _parse(path, mm, size)
+        except _Grew:
+            continue  # grown between the size check and the read: map again
+        except CorruptFileError:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+            raise CorruptFileError(path, str(exc)) from None
+        finally:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+    raise CorruptFileError(path, "kept growing past its mapped size while read")
+
+
+class _Grew(Exception):
+    """The used length passed the mapped size because the file grew."""
+
+
+def _current_size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def _parse(path: str, mm: Any, size: int) -> Worker:
@@ -384,6 +399,8 @@ def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
     if header_size != F.HEADER_SIZE:
         raise CorruptFileError(path, f"has header size {header_size}, not {F.HEADER_SIZE}")
     used = q[F.H_USED // 8]
+    if used > size and used % 8 == 0 and used <= _current_size(path):
+        raise _Grew()
     if used < F.HEADER_SIZE or used > size or used % 8:
         raise CorruptFileError(path, f"has used length {used} outside 4096..{size}")
 
@@ -739,7 +756,7 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
             full = os.path.join(path, name)
             try:
                 workers.append(read_file(full))
-            except (CorruptFileError, UnsupportedVersionError) as exc:
+            except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True
                     break

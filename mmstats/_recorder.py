@@ -52,7 +52,10 @@ def _encode(value: str | bytes | None) -> bytes:
         return b""
     if isinstance(value, bytes):
         return value
-    return value.encode("utf-8", "surrogateescape")
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no decoder made
+        return value.encode("utf-8", "backslashreplace")
 
 
 def _status_class(status: int) -> str:
@@ -129,7 +132,9 @@ class Request:
             q, b, w = slot.q, slot.b, slot.word
             strings = (w + F.S_STRINGS) * 8
             q[w + F.S_SEQ] += 1
-            put_string(b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(view))
+            put_string(
+                b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(view)
+            )
             q[w + F.S_SEQ] += 1
 
 
@@ -150,10 +155,22 @@ class RequestRecorder:
         slow_log_size: int = DEFAULT_SLOW_LOG_SIZE,
         label_limit: int = 100,
     ) -> None:
-        if isinstance(slow_seconds, bool) or not isinstance(slow_seconds, int | float) or slow_seconds < 0:
-            raise ValueError(f"slow_seconds must be a number >= 0, not {slow_seconds!r}")
-        if isinstance(slow_log_size, bool) or not isinstance(slow_log_size, int) or not 1 <= slow_log_size <= 100_000:
-            raise ValueError(f"slow_log_size must be an int from 1 to 100000, not {slow_log_size!r}")
+        if (
+            isinstance(slow_seconds, bool)
+            or not isinstance(slow_seconds, int | float)
+            or slow_seconds < 0
+        ):
+            raise ValueError(
+                f"slow_seconds must be a number >= 0, not {slow_seconds!r}"
+            )
+        if (
+            isinstance(slow_log_size, bool)
+            or not isinstance(slow_log_size, int)
+            or not 1 <= slow_log_size <= 100_000
+        ):
+            raise ValueError(
+                f"slow_log_size must be an int from 1 to 100000, not {slow_log_size!r}"
+            )
         self.slow_seconds = float(slow_seconds)
         self.slow_log_size = slow_log_size
         self.stats = stats = Stats(directory, name, label_limit=label_limit)
@@ -180,6 +197,12 @@ class RequestRecorder:
 
     def _reset(self) -> None:
         """Forget slots, ring and /proc handles: after a fork they are the parent's."""
+        statm = getattr(self, "_statm", -1)
+        if statm >= 0:
+            try:
+                os.close(statm)  # the child's copy of the parent's /proc file
+            except OSError:
+                pass
         self._free_slots: list[Cell] = []
         self._slot_count = 0
         self._ring: Cell | None = None
@@ -196,7 +219,9 @@ class RequestRecorder:
         fd = self._statm
         if fd < 0:
             try:
-                fd = self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+                fd = self._statm = os.open(
+                    "/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC
+                )
             except OSError:
                 return 0
         try:
@@ -229,7 +254,7 @@ class RequestRecorder:
             def fill(chunk: Any, off: int) -> None:
                 chunk.b[off + 8 : off + 16] = F.SLOT_FIXED.pack(0, 0, index, 0)[8:]
 
-            cell = writer.allocate(F.R_SLOT, F.SLOT_SIZE, fill)
+            cell: Cell = writer.allocate(F.R_SLOT, F.SLOT_SIZE, fill)
         cell.byte += 16
         cell.word += 2
         return cell
@@ -260,8 +285,12 @@ class RequestRecorder:
     def start(
         self, method: str | bytes, path: str | bytes, view: str | None = None
     ) -> Request:
-        """Begin recording a request; pair with :meth:`finish`."""
-        request = Request(self, _encode(method), _encode(path))
+        """Begin recording a request; pair with :meth:`finish`.  Never raises."""
+        try:
+            request = Request(self, _encode(method), _encode(path))
+        except Exception:
+            log.exception("mmstats could not record the start of a request")
+            request = Request(self, b"", b"")
         try:
             self._start(request, view)
         except Exception:
@@ -307,24 +336,28 @@ class RequestRecorder:
         except Exception:
             log.exception("mmstats could not record the end of a request")
 
-    def _finish(self, request: Request, status: int, exception: BaseException | None) -> None:
+    def _finish(
+        self, request: Request, status: int, exception: BaseException | None
+    ) -> None:
         end = _perf()
         duration = end - request.started
         request.status = status
         token = request._token
         if token is not None:
+            # The token is set last in _start: only then is it in flight.
             request._token = None
-            try:
-                _current.reset(token)
-            except ValueError:
-                _current.set(None)  # finished in another context (a server thread)
+            self.in_flight.decr()
+            if _current.get() is request:
+                try:
+                    _current.reset(token)
+                except ValueError:
+                    _current.set(None)  # finished in a copy of its context
 
         slot = request._slot
         if slot is not None:
             request._slot = None
             slot.q[slot.word + F.S_STATE] = 0
             self._free_slots.append(slot)
-        self.in_flight.decr()
 
         self.requests.incr()
         responses = self.responses.get(_status_class(status))
@@ -334,7 +367,9 @@ class RequestRecorder:
             request.exception = exception_name(exception)
         if request.exception is not None:
             self.stats.counter(
-                "exceptions", "Unhandled exceptions by class", {"exception": request.exception}
+                "exceptions",
+                "Unhandled exceptions by class",
+                {"exception": request.exception},
             ).incr()
         self.request_seconds.observe(duration)
         self.db_queries.observe(request.queries)
@@ -361,7 +396,9 @@ class RequestRecorder:
                 self.stats.counter("view_requests", "Requests per view", labels),
                 self.stats.histogram("view_seconds", "Request time per view", labels),
             )
-            if len(self._views) < _VIEW_CACHE_MAX:
+            # A view past the label cap gets the overflow series; it is not
+            # cached, so each of its requests counts as a dropped label use.
+            if len(self._views) < _VIEW_CACHE_MAX and series[0].labels == labels:
                 self._views[view] = series
         return series
 
@@ -382,9 +419,13 @@ class RequestRecorder:
         q[w + F.E_STATUS] = request.status
         q[w + F.E_QUERIES] = request.queries
         d[w + F.E_DB_SECONDS] = request.db_seconds
-        q[w + F.E_MEMORY_DELTA] = rss - request.rss_start if rss and request.rss_start else 0
+        q[w + F.E_MEMORY_DELTA] = (
+            rss - request.rss_start if rss and request.rss_start else 0
+        )
         d[w + F.E_LOAD_DELTA] = load - request.load_start
         put_string(b, strings, F.METHOD_SIZE, request.method)
         put_string(b, strings + F.METHOD_SIZE, F.PATH_SIZE, request.path)
-        put_string(b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(request.view))
+        put_string(
+            b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(request.view)
+        )
         q[w + F.E_GEN] = 2 * index + 2

@@ -7,6 +7,7 @@ objects, which rich never parses as markup.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,9 @@ MIB = 1024 * 1024
 
 # C0 and C1 controls, DEL, and the invisible format characters that can
 # reorder or hide text on a terminal (bidi overrides, zero-width marks).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -47,12 +50,23 @@ def _escape_char(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def safe(value: str, style: str = "") -> Text:
-    """Return untrusted text as a Text that rich shows literally."""
-    return Text(clean_text(value), style=style)
+def safe(value: str, style: str = "", fold: bool = False) -> Text:
+    """Return untrusted text as a Text that rich shows literally.
+
+    In a table cell it is cut with an ellipsis at the column's width, or
+    with ``fold`` wrapped onto as many lines as it needs.
+    """
+    if fold:
+        return Text(clean_text(value), style=style, overflow="fold")
+    return Text(clean_text(value), style=style, no_wrap=True, overflow="ellipsis")
 
 
-# -- numbers with units ---------------------------------------------------------
+def folded(value: str, style: str = "") -> Text:
+    """Return untrusted text that wraps in full rather than being cut."""
+    return safe(value, style, fold=True)
+
+
+# -- numbers with units -------------------------------------------------------
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -90,6 +104,8 @@ def fmt_mib(value: float | None) -> str:
     if value is None:
         return DASH
     mib = value / MIB
+    if mib >= 1024:
+        return f"{mib / 1024:.1f}GiB"
     return f"{mib:.1f}MiB" if mib < 10 else f"{mib:.0f}MiB"
 
 
@@ -106,6 +122,28 @@ def fmt_signed_bytes(value: int) -> str:
     return f"{sign}{size / MIB:.1f}MiB"
 
 
+def fmt_count(value: int, exact: bool = False) -> str:
+    """Return a count in at most five characters: ``9999``, ``12.3k``, ``4.56M``."""
+    if exact or abs(value) < 10_000:
+        return str(value)
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            scaled = value / scale
+            return (
+                f"{scaled:.1f}{suffix}"
+                if abs(scaled) < 100
+                else f"{scaled:.0f}{suffix}"
+            )
+    return str(value)
+
+
+def fmt_rate(value: float | None) -> str:
+    """Return a rate: one decimal below 100, none above."""
+    if value is None:
+        return DASH
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def fmt_number(value: float | None, digits: int = 1) -> str:
     """Return a plain number, or a dash when unknown."""
     if value is None:
@@ -119,7 +157,8 @@ def fmt_time(value: float, now: float, full: bool = False) -> str:
         return DASH
     local = time.localtime(value)
     if full:
-        return time.strftime("%Y-%m-%d %H:%M:%S", local) + f".{int(value % 1 * 1000):03d}"
+        millis = int(value * 1000) % 1000
+        return time.strftime("%Y-%m-%d %H:%M:%S", local) + f".{millis:03d}"
     if local[:3] == time.localtime(now)[:3]:
         return time.strftime("%H:%M:%S", local)
     return time.strftime("%m-%d %H:%M", local)
@@ -129,24 +168,29 @@ def fmt_timestamp(value: float) -> str:
     """Return a time both as local time and as Unix seconds, for ``dump``."""
     if value <= 0:
         return "never (0)"
-    return f"{fmt_time(value, value, full=True)} ({value:.3f})"
+    return f"{fmt_time(value, value, full=True)} ({value:.6f})"
 
 
-# -- tables -------------------------------------------------------------------------
+# -- tables -------------------------------------------------------------------
 
 
-def _table(title: str | Text | None = None, caption: str | None = None) -> Table:
+def _table(
+    title: str | Text | None = None,
+    caption: str | None = None,
+    footer: bool = False,
+) -> Table:
     return Table(
         title=title,
         caption=caption,
-        box=box.SIMPLE_HEAD,
+        box=box.SIMPLE,
         show_edge=False,
+        show_footer=footer,
         pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
+        padding=(0, 0),
         title_justify="left",
         caption_justify="left",
         header_style="bold",
+        footer_style="bold",
         highlight=False,
     )
 
@@ -155,11 +199,10 @@ def _num(table: Table, header: str, min_width: int | None = None) -> None:
     table.add_column(header, justify="right", no_wrap=True, min_width=min_width)
 
 
-def _txt(table: Table, header: str, ratio: int | None = None, fold: bool = False) -> None:
-    overflow = "fold" if fold else "ellipsis"
-    table.add_column(
-        header, no_wrap=not fold, overflow=overflow, ratio=ratio, min_width=4
-    )
+def _txt(table: Table, header: str, min_width: int = 4) -> None:
+    # Text columns may shrink when the table is too wide; the cells (see
+    # safe()) decide whether they are cut with an ellipsis or folded.
+    table.add_column(header, overflow="fold", min_width=min_width)
 
 
 @dataclass
@@ -187,7 +230,7 @@ def show_view(
     if dead:
         parts.append(dead_table(dead, now, wide))
     if snapshot.bad:
-        parts.append(bad_table(snapshot.bad))
+        parts.append(bad_table(snapshot.bad, snapshot.directory))
     return Group(*parts)
 
 
@@ -198,7 +241,8 @@ def _headline(snapshot: Snapshot) -> Text:
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     line = Text("Stats directory ")
     line.append_text(safe(snapshot.directory, "bold"))
-    line.append(f"\n{len(snapshot.workers)} workers ({states or 'none'}), ")
+    n = len(snapshot.workers)
+    line.append(f"\n{n} worker{'' if n == 1 else 's'} ({states or 'none'}), ")
     line.append(f"{snapshot.archive.workers} archived; read at ")
     line.append(fmt_time(snapshot.read_at, snapshot.read_at, full=True))
     return line
@@ -207,19 +251,19 @@ def _headline(snapshot: Snapshot) -> Text:
 def worker_table(
     snapshot: Snapshot, workers: Sequence[Worker], wide: bool, rates: Rates | None
 ) -> Table:
-    """Return one row per worker and a totals row."""
+    """Return one row per worker, and the totals as the footer."""
     if rates is None:
         caption = "Avg/s: requests per second since the worker started."
         rate_header = "Avg/s"
     else:
         caption = (
-            f"Req/s: requests per second over the last {rates.interval:.1f} s. "
-            "Press q to quit."
+            f"Req/s: requests per second over the last {rates.interval:.1f} s; "
+            "press q to quit."
         )
         rate_header = "Req/s"
     if snapshot.archive.workers:
         caption += " Totals include the archive of cleaned workers."
-    table = _table(caption=caption)
+    table = _table(caption=caption, footer=True)
     _worker_columns(table, wide, rate_header)
 
     now = snapshot.read_at
@@ -231,8 +275,10 @@ def worker_table(
             else lifetime_rate(summary.requests, uptime(w, now))
         )
         table.add_row(*_worker_cells(w, summary, rate, now, wide))
-    table.add_section()
-    table.add_row(*_total_cells(snapshot, workers, rates, wide), style="bold")
+    for column, cell in zip(
+        table.columns, _total_cells(snapshot, workers, rates, wide), strict=True
+    ):
+        column.footer = cell
     return table
 
 
@@ -240,8 +286,8 @@ def _worker_columns(table: Table, wide: bool, rate_header: str) -> None:
     _num(table, "PID")
     _txt(table, "State")
     if wide:
-        _txt(table, "Name", ratio=1)
-        _txt(table, "Host", ratio=1)
+        _txt(table, "Name")
+        _txt(table, "Host")
     _num(table, "Up")
     _num(table, "Reqs")
     _num(table, rate_header)
@@ -262,13 +308,15 @@ def _worker_cells(
     cells: list[Text | str] = [str(w.pid), w.state]
     if wide:
         cells += [safe(w.name), safe(w.hostname)]
-    cells += [fmt_age(uptime(w, now)), str(s.requests), fmt_number(rate)]
+    cells += [fmt_age(uptime(w, now)), fmt_count(s.requests, wide), fmt_rate(rate)]
     cells += _summary_cells(s, wide)
     return cells
 
 
 def _summary_cells(s: Summary, wide: bool) -> list[Text | str]:
-    cells: list[Text | str] = [str(s.responses.get(c, 0)) for c in ("2xx", "3xx", "4xx", "5xx")]
+    cells: list[Text | str] = [
+        fmt_count(s.responses.get(c, 0), wide) for c in ("2xx", "3xx", "4xx", "5xx")
+    ]
     if wide:
         cells.append(str(s.exceptions))
     cells += [
@@ -297,7 +345,7 @@ def _total_cells(
     cells: list[Text | str] = ["total", ""]
     if wide:
         cells += ["", ""]
-    cells += ["", str(totals.requests), fmt_number(rate)]
+    cells += ["", fmt_count(totals.requests, wide), fmt_rate(rate)]
     return cells + _summary_cells(totals, wide)
 
 
@@ -318,8 +366,8 @@ def in_flight_table(
     table = _table(title="Requests in flight")
     _num(table, "PID")
     _txt(table, "Method")
-    _txt(table, "Path", ratio=3)
-    _txt(table, "View", ratio=2)
+    _txt(table, "Path")
+    _txt(table, "View")
     _num(table, "Elapsed")
     _num(table, "Queries")
     if wide:
@@ -350,18 +398,20 @@ def dead_table(dead: Sequence[Worker], now: float, wide: bool) -> Table:
     _num(table, "Reqs")
     _txt(table, "Last done")
     _txt(table, "Method")
-    _txt(table, "Serving when it died", ratio=3)
-    _txt(table, "View", ratio=2)
+    _txt(table, "Serving when it died")
+    _txt(table, "View")
     _txt(table, "Started")
     if wide:
-        _txt(table, "Host", ratio=1)
+        _txt(table, "Host")
         _num(table, "Queries")
     for w in sorted(dead, key=lambda w: w.pid):
         requests = str(summarize(w.series).requests)
         last = fmt_time(w.heartbeat, now, wide)
         slots: list[Slot | None] = list(w.slots) or [None]
         for i, slot in enumerate(slots):
-            head: list[Text | str] = [str(w.pid), requests, last] if i == 0 else ["", "", ""]
+            head: list[Text | str] = (
+                [str(w.pid), requests, last] if i == 0 else ["", "", ""]
+            )
             table.add_row(*head, *_dead_slot_cells(w, slot, now, wide))
     return table
 
@@ -385,17 +435,22 @@ def _dead_slot_cells(
     return cells
 
 
-def bad_table(bad: Sequence[BadFile]) -> Table:
-    """Return the files that could not be read, and why."""
+def bad_table(bad: Sequence[BadFile], directory: str) -> Table:
+    """Return the files that could not be read, and why.
+
+    Files of the stats directory are named relative to it.
+    """
     table = _table(title="Files that could not be read")
-    _txt(table, "File", ratio=1)
-    _txt(table, "Reason", ratio=2, fold=True)
+    _txt(table, "File")
+    _txt(table, "Reason")
     for b in bad:
-        table.add_row(safe(b.path), safe(b.reason))
+        inside = os.path.dirname(b.path) == directory
+        name = os.path.basename(b.path) if inside else b.path
+        table.add_row(folded(name), folded(b.reason))
     return table
 
 
-# -- slow requests -----------------------------------------------------------------
+# -- slow requests ------------------------------------------------------------
 
 
 def slow_table(entries: Sequence[SlowEntry], now: float, wide: bool) -> Table:
@@ -408,14 +463,14 @@ def slow_table(entries: Sequence[SlowEntry], now: float, wide: bool) -> Table:
     _txt(table, "End")
     _num(table, "PID")
     if wide:
-        _txt(table, "Host", ratio=1)
+        _txt(table, "Host")
         _txt(table, "Method")
-        _txt(table, "Path", ratio=3)
-        _txt(table, "View", ratio=2)
+        _txt(table, "Path")
+        _txt(table, "View")
     for header in ("Status", "Time", "Queries" if wide else "Q", "DB", "dMem", "dLoad"):
         _num(table, header)
     if not wide:
-        _txt(table, "Request / view / host", ratio=1)
+        _txt(table, "Request / view / host")
     for e in entries:
         table.add_row(*_slow_cells(e, now, wide))
     return table
@@ -448,7 +503,7 @@ def _slow_cells(e: SlowEntry, now: float, wide: bool) -> list[Text | str]:
     return [fmt_time(e.end, now), str(e.pid), *numbers, request]
 
 
-# -- one file ------------------------------------------------------------------------
+# -- one file -----------------------------------------------------------------
 
 
 def dump_view(w: Worker, now: float) -> RenderableType:
@@ -466,14 +521,14 @@ def header_table(w: Worker) -> Table:
     """Return the header fields of a file as name/value rows."""
     table = _table(title="File")
     _txt(table, "Field")
-    _txt(table, "Value", ratio=1, fold=True)
+    _txt(table, "Value")
     rows: list[tuple[str, Text | str]] = [
-        ("path", safe(w.path)),
-        ("name", safe(w.name)),
+        ("path", folded(w.path)),
+        ("name", folded(w.name)),
         ("pid", str(w.pid)),
-        ("hostname", safe(w.hostname)),
-        ("command", safe(w.command)),
-        ("boot_id", safe(w.boot_id)),
+        ("hostname", folded(w.hostname)),
+        ("command", folded(w.command)),
+        ("boot_id", folded(w.boot_id)),
         ("state", w.state),
         ("version", str(w.version)),
         ("start_time", fmt_timestamp(w.start_time)),
@@ -490,16 +545,20 @@ def header_table(w: Worker) -> Table:
 
 
 def series_table(series: Sequence[Series]) -> Table:
-    """Return every series of a file with its value and unit."""
+    """Return every series of a file: name and help, labels, unit and value."""
     table = _table(title=f"Series ({len(series)})")
-    _txt(table, "Name", ratio=2, fold=True)
+    _txt(table, "Name / help")
     _txt(table, "Kind")
-    _txt(table, "Labels", ratio=2, fold=True)
-    _txt(table, "Value", ratio=3, fold=True)
-    _txt(table, "Help", ratio=2, fold=True)
+    _txt(table, "Labels")
+    _txt(table, "Unit")
+    _txt(table, "Value")
     for s in sorted(series, key=lambda s: (s.name, sorted(s.labels.items()))):
+        name = folded(s.name, "bold")
+        if s.help:
+            name.append("\n")
+            name.append_text(folded(s.help))
         table.add_row(
-            safe(s.name), s.kind, safe(_labels(s.labels)), _value(s), safe(s.help)
+            name, s.kind, folded(_labels(s.labels)), folded(s.unit or DASH), _value(s)
         )
     return table
 
@@ -509,32 +568,33 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 def _value(s: Series) -> Text:
-    unit = f" {s.unit}" if s.unit else ""
     value = s.value
     if isinstance(value, HistogramValue):
-        parts = [f"count={value.count}", f"sum={value.sum:.6g}{unit}"]
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-            got = value.quantile(q)
-            parts.append(f"{name}={DASH if got is None else f'{got:.6g}'}{unit}")
-        return Text(" ".join(parts))
+        return Text(f"count={value.count}\nsum={value.sum:.6g}")
     if isinstance(value, str):
-        return safe(repr(value))
+        return folded(repr(value))
     if isinstance(value, float):
-        return Text(f"{value:.6g}{unit}")
-    return Text(f"{value}{unit}")
+        return Text(f"{value:.6g}")
+    return Text(str(value))
 
 
 def bucket_table(s: Series) -> Table:
     """Return every non-empty bucket of a histogram with its bounds."""
     hist: HistogramValue = s.value
-    title = Text(f"Buckets of {s.name}")
+    title = Text("Buckets of ")
+    title.append_text(safe(s.name))
     if s.labels:
         title.append_text(safe("{" + _labels(s.labels) + "}"))
-    unit = s.unit or "value"
-    table = _table(
-        title=title,
-        caption=f"lo={hist.lo:g} gamma={hist.gamma:g} integer={hist.integer}",
+    unit = clean_text(s.unit) or "value"
+    quantiles = " ".join(
+        f"{name}={_g(hist.quantile(q))}"
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
     )
+    caption = (
+        f"count={hist.count} sum={hist.sum:.6g} {quantiles} ({unit}); "
+        f"lo={hist.lo:g} gamma={hist.gamma:g} integer={hist.integer}"
+    )
+    table = _table(title=title, caption=caption)
     _num(table, "Bucket")
     _num(table, f"Above ({unit})")
     _num(table, f"Up to ({unit})")
@@ -547,28 +607,23 @@ def bucket_table(s: Series) -> Table:
     return table
 
 
+def _g(value: float | None) -> str:
+    return DASH if value is None else f"{value:.6g}"
+
+
 def slot_table(slots: Sequence[Slot], now: float) -> Table:
     """Return the requests a file's slots hold (being served, or at death)."""
     table = _table(title=f"Slots in use ({len(slots)})")
-    for header in ("Index", "Thread"):
-        _num(table, header)
-    _txt(table, "Method")
-    _txt(table, "Path", ratio=3, fold=True)
-    _txt(table, "View", ratio=2, fold=True)
-    _txt(table, "Started")
-    _num(table, "Queries")
-    _num(table, "DB time")
+    _num(table, "Index")
+    _txt(table, "Started / thread", min_width=23)
+    _txt(table, "Request")
     for slot in slots:
-        table.add_row(
-            str(slot.index),
-            str(slot.thread),
-            safe(slot.method),
-            safe(slot.path),
-            safe(slot.view or DASH),
-            fmt_time(slot.started, now, True),
-            str(slot.queries),
-            f"{slot.db_seconds:.6f}s",
-        )
+        when = Text(f"{fmt_time(slot.started, now, True)}\nthread {slot.thread}")
+        request = folded(f"{slot.method} {slot.path}")
+        request.append("\n")
+        request.append_text(folded(f"view: {slot.view or DASH}"))
+        request.append(f"\nqueries: {slot.queries}, db: {slot.db_seconds:.6f}s")
+        table.add_row(str(slot.index), when, request)
     return table
 
 
@@ -576,26 +631,21 @@ def slow_dump_table(entries: Sequence[SlowEntry]) -> Table:
     """Return a file's slow ring with every field, unabridged."""
     table = _table(title=f"Slow ring ({len(entries)} entries)")
     _num(table, "Seq")
-    _txt(table, "Start / end")
-    _txt(table, "Request / view / host", ratio=1, fold=True)
-    for header in ("Status", "Time", "Queries", "DB", "dMem", "dLoad"):
-        _num(table, header)
+    _txt(table, "Start / end", min_width=23)
+    _txt(table, "Request")
     for e in entries:
-        when = Text(fmt_time(e.start, e.start, True) + "\n" + fmt_time(e.end, e.end, True))
-        request = safe(f"{e.method} {e.path}")
-        request.append("\n")
-        request.append_text(safe(e.view or DASH))
-        request.append("\n")
-        request.append_text(safe(e.hostname))
-        table.add_row(
-            str(e.seq),
-            when,
-            request,
-            str(e.status),
-            f"{e.duration:.6f}s",
-            str(e.queries),
-            f"{e.db_seconds:.6f}s",
-            f"{e.memory_delta:+d}B",
-            f"{e.load_delta:+.4f}",
+        when = Text(
+            f"{fmt_time(e.start, e.start, True)}\n{fmt_time(e.end, e.end, True)}"
         )
+        request = folded(f"{e.method} {e.path}")
+        request.append("\n")
+        request.append_text(folded(f"view: {e.view or DASH}"))
+        request.append("\n")
+        request.append_text(folded(f"host: {e.hostname}"))
+        request.append(
+            f"\nstatus: {e.status}, duration: {e.duration:.6f}s, "
+            f"queries: {e.queries}, db: {e.db_seconds:.6f}s, "
+            f"memory: {e.memory_delta:+d}B, load: {e.load_delta:+.4f}"
+        )
+        table.add_row(str(e.seq), when, request)
     return table

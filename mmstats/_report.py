@@ -48,7 +48,8 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "archive": archive_to_json(snapshot.archive),
         "totals": [series_to_json(s) for s in _sorted(snapshot.totals().values())],
     }
-    return finite(doc)
+    clean: dict[str, Any] = finite(doc)
+    return clean
 
 
 def worker_to_json(worker: Worker) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Example Django project instrumented with mmstats."""

@@ -1,0 +1,1 @@
+"""Example shop app: a few models and views that exercise mmstats."""

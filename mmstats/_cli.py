@@ -1,0 +1,649 @@
+"""The ``mmstats`` command: show, top, slow, json, clean and dump stats files.
+
+One click group serves three entry points: the ``mmstats`` console script,
+``manage.py mmstats`` and ``flask mmstats``.  Each hands the group a
+:class:`CliContext` with its output streams and its app's stats directory.
+Exit statuses are listed in :data:`EXIT_STATUSES` and docs/CLI.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import select
+import shutil
+import sys
+import termios
+import time
+import traceback as tb
+import tty
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import click
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.table import Table
+
+from ._archive import clean as clean_directory
+from ._reader import Snapshot, Worker, read_directory, read_file
+from ._render import (
+    Rates,
+    bad_table,
+    clean_text,
+    dump_view,
+    safe,
+    show_view,
+    slow_table,
+)
+from ._report import dumps, lifetime_rate, snapshot_to_json, summarize, uptime
+from ._writer import resolve_directory
+from .exceptions import DirectoryError, MmstatsError
+
+EXIT_OK = 0
+EXIT_BAD_FILES = 1
+EXIT_USAGE = 2
+EXIT_DIRECTORY = 3
+EXIT_EMPTY = 4
+EXIT_INTERNAL = 5
+EXIT_BROKEN_PIPE = 141
+EXIT_STATUSES = {
+    EXIT_OK: "success",
+    EXIT_BAD_FILES: "some stats files could not be read (the others are shown)",
+    EXIT_USAGE: "usage error: an unknown option or a bad value",
+    EXIT_DIRECTORY: "the stats directory is missing or cannot be read",
+    EXIT_EMPTY: "the stats directory holds no stats files",
+    EXIT_INTERNAL: "unexpected internal error (rerun with --traceback)",
+    EXIT_BROKEN_PIPE: "the reader of the output went away (as if by SIGPIPE)",
+}
+
+NARROW_WIDTH = 80
+WIDE_WIDTH = 200
+
+
+@dataclass
+class CliContext:
+    """What an entry point gives the command group: streams and defaults.
+
+    :param directory: the stats directory of the host app (Django's
+        ``MMSTATS["DIR"]``, Flask's ``MMSTATS_DIR``); ``None`` falls back to
+        ``MMSTATS_DIR`` and then to the private default.
+    """
+
+    out: IO[str]
+    err: IO[str]
+    directory: str | None = None
+    traceback: bool = False
+    no_color: bool = False
+
+    def console(self, wide: bool = False) -> Console:
+        """Return a console on ``out``: 80 columns, or wide with ``--wide``."""
+        terminal = _isatty(self.out)
+        no_color = self.no_color or "NO_COLOR" in os.environ or not terminal
+        columns = shutil.get_terminal_size((NARROW_WIDTH, 24)).columns
+        if wide:
+            width = columns if terminal else WIDE_WIDTH
+        else:
+            width = min(columns, NARROW_WIDTH) if terminal else NARROW_WIDTH
+        return _Console(
+            file=self.out,
+            width=max(width, 40),
+            no_color=no_color,
+            color_system="auto" if terminal and not no_color else None,
+            markup=False,
+            emoji=False,
+            highlight=False,
+            soft_wrap=False,
+            legacy_windows=False,
+        )
+
+
+class _Console(Console):
+    """A rich console that leaves a closed pipe to the CLI's error handling.
+
+    Rich exits with status 1 on its own, which here means "bad files".
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class CliError(click.ClickException):
+    """A one-line error, printed on the context's error stream."""
+
+    exit_code = EXIT_BAD_FILES
+
+    def __init__(self, message: str, err: IO[str] | None = None) -> None:
+        super().__init__(clean_text(message))
+        self.err = err
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print ``Error: <message>`` on one line."""
+        stream = file or self.err or sys.stderr
+        stream.write(f"Error: {self.format_message()}\n")
+        stream.flush()
+
+
+class BadFilesError(CliError):
+    """Some stats files could not be read; the others were shown."""
+
+    exit_code = EXIT_BAD_FILES
+
+
+class DirectoryProblem(CliError):
+    """The stats directory is missing or cannot be read."""
+
+    exit_code = EXIT_DIRECTORY
+
+
+class EmptyDirectory(CliError):
+    """The stats directory holds no stats files."""
+
+    exit_code = EXIT_EMPTY
+
+
+class InternalError(CliError):
+    """Something failed that is not the user's doing."""
+
+    exit_code = EXIT_INTERNAL
+
+
+@contextlib.contextmanager
+def _errors(app: CliContext, traceback: bool) -> Iterator[None]:
+    """Turn exceptions into one-line :class:`CliError` with an exit status."""
+    try:
+        yield
+    except CliError as exc:
+        exc.err = exc.err or app.err
+        raise
+    except (click.ClickException, click.exceptions.Exit):
+        raise
+    except BrokenPipeError:
+        _quiet(app.out)
+        raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
+    except DirectoryError as exc:
+        _print_traceback(app, traceback)
+        raise DirectoryProblem(
+            f"{exc}; pass --dir or set MMSTATS_DIR to the directory the app writes to.",
+            app.err,
+        ) from exc
+    except MmstatsError as exc:
+        _print_traceback(app, traceback)
+        raise CliError(str(exc), app.err) from exc
+    except Exception as exc:
+        _print_traceback(app, traceback)
+        raise InternalError(
+            f"unexpected {type(exc).__name__}: {exc}; rerun with --traceback "
+            "and report it.",
+            app.err,
+        ) from exc
+
+
+def _quiet(stream: IO[str]) -> None:
+    """Point a stream whose reader went away at /dev/null.
+
+    Otherwise the interpreter's final flush fails again and prints a
+    warning (``mmstats slow | head``).
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _print_traceback(app: CliContext, requested: bool) -> None:
+    if requested or app.traceback:
+        app.err.write(tb.format_exc())
+        app.err.flush()
+
+
+# -- the group ----------------------------------------------------------------
+
+
+def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Print help on the context's output stream, not always sys.stdout."""
+    if not value or ctx.resilient_parsing:
+        return
+    app = ctx.find_object(CliContext)
+    click.echo(ctx.get_help(), file=app.out if app else None, color=ctx.color)
+    ctx.exit()
+
+
+class MmstatsCommand(click.Command):
+    """A command whose ``--help`` goes to the context's output stream."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.callback = _show_help
+        return option
+
+
+class MmstatsGroup(click.Group):
+    """A group whose ``--help`` goes to the context's output stream."""
+
+    command_class = MmstatsCommand
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.callback = _show_help
+        return option
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 88}
+_STATUS_HELP = "\n".join(f"  {code:<3}  {text}" for code, text in EXIT_STATUSES.items())
+
+
+@click.group(
+    cls=MmstatsGroup,
+    context_settings=CONTEXT_SETTINGS,
+    epilog="\b\nExit status:\n" + _STATUS_HELP,
+)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Show the stats every worker of a web app writes, from any process.
+
+    The stats directory is --dir, else the app's setting (Django's
+    MMSTATS["DIR"], Flask's MMSTATS_DIR), else $MMSTATS_DIR, else a
+    private per-user default.  Set MMSTATS_TRACEBACK=1 or pass --traceback
+    to see the traceback behind an error.
+    """
+    _app(ctx)
+
+
+def _app(ctx: click.Context) -> CliContext:
+    """Return the host's context, or one on sys.stdout and sys.stderr."""
+    app = ctx.find_object(CliContext)
+    if app is None:
+        app = ctx.obj = CliContext(out=sys.stdout, err=sys.stderr)
+    return app
+
+
+def _directory(app: CliContext, given: str | None) -> str:
+    """Return the stats directory: --dir, the app's, $MMSTATS_DIR or the default."""
+    return resolve_directory(given if given is not None else app.directory)[0]
+
+
+_Body = Callable[..., None]
+
+
+def _common(func: _Body) -> Callable[..., None]:
+    """Add --dir and --traceback and turn errors into exit statuses."""
+
+    @functools.wraps(func)
+    @click.pass_context
+    def command(
+        ctx: click.Context, /, directory: str | None, traceback: bool, **kwargs: Any
+    ) -> None:
+        app = _app(ctx)
+        with _errors(app, traceback):
+            func(app, _directory(app, directory), **kwargs)
+
+    command = click.option(
+        "--traceback",
+        is_flag=True,
+        envvar="MMSTATS_TRACEBACK",
+        help="Show the traceback behind an error ($MMSTATS_TRACEBACK=1).",
+    )(command)
+    command = click.option(
+        "--dir",
+        "directory",
+        metavar="DIR",
+        help="Stats directory (default: the app's, $MMSTATS_DIR or private).",
+    )(command)
+    return command
+
+
+_wide_option = click.option(
+    "--wide", "-w", is_flag=True, help="Use the terminal's full width, more columns."
+)
+
+
+def _read(path: str) -> Snapshot:
+    """Read a directory, failing with status 4 when there is nothing in it."""
+    snapshot = read_directory(path)
+    _fail_if_empty(snapshot)
+    return snapshot
+
+
+def _fail_if_empty(snapshot: Snapshot) -> None:
+    if snapshot.workers or snapshot.bad or snapshot.archive.workers:
+        return
+    path = snapshot.directory
+    raise EmptyDirectory(
+        f"Stats directory {path!r} holds no stats files; start the app with "
+        f"MMSTATS_DIR={path} or pass --dir with the directory it writes to."
+    )
+
+
+def _fail_on_bad_files(app: CliContext, snapshot: Snapshot) -> None:
+    """Fail with status 1 after the output when some files were unreadable."""
+    n = len(snapshot.bad)
+    if n:
+        files = "file" if n == 1 else "files"
+        raise BadFilesError(
+            f"{n} stats {files} in {snapshot.directory!r} could not be read "
+            "(listed above); the other files were shown.",
+            app.err,
+        )
+
+
+# -- show and top -------------------------------------------------------------
+
+
+@cli.command()
+@_wide_option
+@_common
+def show(app: CliContext, path: str, wide: bool) -> None:
+    """One row per worker, requests in flight, dead workers and totals."""
+    snapshot = _read(path)
+    app.console(wide).print(show_view(snapshot, wide))
+    _fail_on_bad_files(app, snapshot)
+
+
+@cli.command()
+@_wide_option
+@click.option(
+    "--interval",
+    "-n",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many refreshes (default: until q or Ctrl-C).",
+)
+@_common
+def top(
+    app: CliContext, path: str, wide: bool, interval: float, iterations: int | None
+) -> None:
+    """Refresh show's tables, with request rates between refreshes.
+
+    Press q or Ctrl-C to quit.  When the output is not a terminal, each
+    refresh is printed after the previous one.
+    """
+    console = app.console(wide)
+    try:
+        with _Keys() as keys:
+            frames = _frames(path, wide, interval, iterations, keys.wait)
+            if console.is_terminal:
+                _live(console, frames)
+            else:
+                for n, frame in enumerate(frames):
+                    if n:
+                        console.print()
+                    console.print(frame)
+    except KeyboardInterrupt:
+        return
+
+
+def _live(console: Console, frames: Iterator[RenderableType]) -> None:
+    with Live(
+        console=console,
+        auto_refresh=False,
+        redirect_stdout=False,
+        redirect_stderr=False,
+        vertical_overflow="crop",
+    ) as live:
+        for frame in frames:
+            live.update(frame, refresh=True)
+
+
+def _frames(
+    path: str,
+    wide: bool,
+    interval: float,
+    iterations: int | None,
+    wait: Callable[[float], bool],
+) -> Iterator[RenderableType]:
+    """Yield one view per refresh; stop after ``iterations`` or on q."""
+    previous: tuple[Snapshot, float] | None = None
+    count = 0
+    while True:
+        snapshot = read_directory(path)
+        now = time.monotonic()
+        rates = _rates(previous[0], snapshot, now - previous[1]) if previous else None
+        yield show_view(snapshot, wide, rates)
+        count += 1
+        if iterations is not None and count >= iterations:
+            return
+        previous = (snapshot, now)
+        if wait(interval):
+            return
+
+
+def _rates(before: Snapshot, after: Snapshot, seconds: float) -> Rates:
+    """Return requests per second between two snapshots of a directory."""
+    seconds = max(seconds, 1e-3)
+    old = {w.path: summarize(w.series).requests for w in before.workers}
+    per_worker: dict[str, float] = {}
+    for w in after.workers:
+        requests = summarize(w.series).requests
+        if w.path in old:
+            per_worker[w.path] = max(0, requests - old[w.path]) / seconds
+        else:
+            span = min(uptime(w, after.read_at) or seconds, seconds)
+            per_worker[w.path] = lifetime_rate(requests, span) or 0.0
+    total_before = summarize(before.totals().values()).requests
+    total_after = summarize(after.totals().values()).requests
+    total = (
+        (total_after - total_before) / seconds if total_after >= total_before else None
+    )
+    return Rates(per_worker, total, seconds)
+
+
+class _Keys:
+    """Read single key presses from a terminal on stdin while top runs.
+
+    The terminal goes into cbreak mode (no echo, no line buffering, signals
+    kept so Ctrl-C still interrupts) and is always restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.saved: list[Any] | None = None
+
+    def __enter__(self) -> _Keys:
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            return self
+        if os.isatty(fd):
+            self.saved = termios.tcgetattr(fd)
+            self.fd = fd
+            tty.setcbreak(fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None and self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait ``seconds``; return True as soon as q is pressed."""
+        if self.fd is None:
+            time.sleep(seconds)
+            return False
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready and os.read(self.fd, 1) in (b"q", b"Q"):
+                return True
+        return False
+
+
+# -- slow, json, clean, dump --------------------------------------------------
+
+
+@cli.command()
+@_wide_option
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Show at most this many entries (0: all).",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["end", "duration"]),
+    default="end",
+    show_default=True,
+    help="Newest first, or slowest first.",
+)
+@_common
+def slow(app: CliContext, path: str, wide: bool, limit: int, sort: str) -> None:
+    """Slow requests of all workers and of the archive, merged."""
+    snapshot = _read(path)
+    entries = snapshot.slow(limit or None, sort)
+    console = app.console(wide)
+    if entries:
+        console.print(slow_table(entries, snapshot.read_at, wide))
+    else:
+        console.print("No slow requests recorded.")
+    if snapshot.bad:
+        console.print(bad_table(snapshot.bad, snapshot.directory))
+    _fail_on_bad_files(app, snapshot)
+
+
+@cli.command("json")
+@click.option("--compact", is_flag=True, help="One line instead of indented.")
+@_common
+def json_command(app: CliContext, path: str, compact: bool) -> None:
+    """Everything in the directory as one JSON document (schema 1).
+
+    The document is printed even when the exit status is 1 or 4.
+    """
+    snapshot = read_directory(path)
+    app.out.write(dumps(snapshot_to_json(snapshot), None if compact else 2) + "\n")
+    app.out.flush()
+    _fail_on_bad_files(app, snapshot)
+    _fail_if_empty(snapshot)
+
+
+@cli.command()
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be done only.")
+@_common
+def clean(app: CliContext, path: str, dry_run: bool) -> None:
+    """Fold dead and closed workers into the archive and remove their files.
+
+    Live workers' files are never touched, and totals stay the same.
+    """
+    snapshot = read_directory(path)
+    result = clean_directory(path, dry_run=dry_run)
+    console = app.console()
+    if result.folded:
+        verb = "Would fold" if dry_run else "Folded"
+        console.print(_folded_table(result.folded, f"{verb} into the archive"))
+    else:
+        console.print("Nothing to fold: no dead or closed workers.")
+    for removed in result.removed:
+        line = safe(f"{'Would remove' if dry_run else 'Removed'} {removed}")
+        console.print(line)
+    alive = result.kept_alive
+    console.print(f"Left {alive} live worker{'' if alive == 1 else 's'} alone.")
+    if snapshot.bad:
+        console.print(bad_table(snapshot.bad, snapshot.directory))
+    _fail_on_bad_files(app, snapshot)
+
+
+def _folded_table(workers: Sequence[Worker], title: str) -> Table:
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1))
+    for header in ("PID", "State", "Reqs"):
+        table.add_column(header, justify="right" if header != "State" else "left")
+    table.add_column("File", overflow="fold")
+    for w in workers:
+        requests = summarize(w.series).requests
+        table.add_row(str(w.pid), w.state, str(requests), safe(w.path))
+    return table
+
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+@_wide_option
+@_common
+def dump(app: CliContext, path: str, file: str, wide: bool) -> None:
+    """Every field of one stats file, live or dead.
+
+    FILE is a path, or the name of a file in the stats directory.
+    """
+    target = file
+    if not os.path.isabs(file) and not os.path.lexists(file):
+        target = os.path.join(path, file)
+    worker = read_file(target)
+    app.console(wide).print(dump_view(worker, time.time()))
+
+
+# -- entry points -------------------------------------------------------------
+
+
+def subcommand_help(prog: str) -> str:
+    """Return the subcommands and exit statuses as text, for a host's help."""
+    ctx = click.Context(cli, info_name=prog)
+    names = cli.list_commands(ctx)
+    width = max(map(len, names))
+    lines = [f"subcommands (see '{prog} SUBCOMMAND --help' for their options):"]
+    for name in names:
+        command = cli.get_command(ctx, name)
+        summary = command.get_short_help_str(70) if command else ""
+        lines.append(f"  {name:<{width}}  {summary}")
+    lines += ["", "exit status:"]
+    lines += [f"  {code:<3}  {text}" for code, text in EXIT_STATUSES.items()]
+    return "\n".join(lines)
+
+
+def invoke(args: Sequence[str] | None, app: CliContext, prog_name: str) -> int:
+    """Run the group on ``args``; return the exit status.
+
+    Errors propagate as :class:`click.ClickException` (``exit_code`` holds
+    the status) so that a host command can translate them.
+    """
+    argv = list(args) if args is not None else None
+    status = cli.main(args=argv, prog_name=prog_name, standalone_mode=False, obj=app)
+    return status if isinstance(status, int) else EXIT_OK
+
+
+def run(args: Sequence[str] | None, app: CliContext, prog_name: str) -> int:
+    """Run the group on ``args``, print any error on ``app.err``; return the status."""
+    try:
+        return invoke(args, app, prog_name)
+    except click.ClickException as exc:
+        exc.show(file=app.err)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        app.err.write("Aborted!\n")
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mmstats`` console script."""
+    # The reader logs each unreadable file; the tables already list them,
+    # so the console script keeps those records off stderr.
+    logging.getLogger("mmstats").addHandler(logging.NullHandler())
+    app = CliContext(out=sys.stdout, err=sys.stderr)
+    return run(argv, app, "mmstats")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

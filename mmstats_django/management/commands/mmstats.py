@@ -1,0 +1,115 @@
+"""``manage.py mmstats``: the mmstats command line inside a Django project.
+
+A thin :class:`BaseCommand` that hands its arguments to the click group of
+``mmstats``, with the command's own stdout and stderr and the directory of
+``settings.MMSTATS["DIR"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import click
+from django.core.management.base import (
+    BaseCommand,
+    CommandError,
+    CommandParser,
+    DjangoHelpFormatter,
+    OutputWrapper,
+)
+
+from mmstats import MmstatsError
+from mmstats.cli import EXIT_USAGE, CliContext, invoke, subcommand_help
+
+from ...conf import get_config
+
+
+class _HelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Django's option order, with the subcommand list kept as written."""
+
+
+class _Stream:
+    """A plain text stream over Django's OutputWrapper.
+
+    OutputWrapper adds a newline to every write that lacks one, which would
+    break rich's output; writing with ``ending=""`` passes text unchanged.
+    """
+
+    def __init__(self, wrapper: OutputWrapper) -> None:
+        self._wrapper = wrapper
+
+    def write(self, text: str) -> int:
+        self._wrapper.write(text, ending="")
+        return len(text)
+
+    def flush(self) -> None:
+        self._wrapper.flush()
+
+    def isatty(self) -> bool:
+        return bool(self._wrapper.isatty())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapper, name)
+
+
+class Command(BaseCommand):
+    help = "Show the stats every worker of this project writes."
+    requires_system_checks: list[str] = []
+    requires_migrations_checks = False
+
+    def create_parser(
+        self, prog_name: str, subcommand: str, **kwargs: Any
+    ) -> CommandParser:
+        program = os.path.basename(prog_name) or "manage.py"
+        if program == "__main__.py":  # as Django's own usage line does
+            program = "python -m django"
+        prog = f"{program} {subcommand}"
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("epilog", subcommand_help(prog))
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        self._prog = prog
+        return parser
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "args",
+            nargs=argparse.REMAINDER,
+            metavar="SUBCOMMAND [OPTIONS]",
+            help="show, top, slow, json, clean or dump FILE, with their options.",
+        )
+
+    def handle(self, *args: str, **options: Any) -> None:
+        prog = getattr(self, "_prog", "manage.py mmstats")
+        try:
+            status = invoke(list(args) or ["--help"], self._context(options), prog)
+        except (click.ClickException, click.exceptions.Abort, MmstatsError) as exc:
+            raise _command_error(exc, prog) from None
+        if status:
+            raise CommandError(
+                f"mmstats exited with status {status}.", returncode=status
+            )
+
+    def _context(self, options: dict[str, Any]) -> CliContext:
+        """Return the CLI's context: this command's streams and settings."""
+        return CliContext(
+            out=_Stream(self.stdout),  # type: ignore[arg-type]
+            err=_Stream(self.stderr),  # type: ignore[arg-type]
+            directory=get_config().directory,
+            traceback=bool(options.get("traceback")),
+            no_color=bool(options.get("no_color")),
+        )
+
+
+def _command_error(exc: Exception, prog: str) -> CommandError:
+    """Return the one-line CommandError for an error of the CLI."""
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx else prog
+        message = exc.format_message().rstrip(".")
+        return CommandError(f"{message}; see '{where} --help'.", returncode=EXIT_USAGE)
+    if isinstance(exc, click.ClickException):
+        return CommandError(exc.format_message(), returncode=exc.exit_code)
+    if isinstance(exc, click.exceptions.Abort):
+        return CommandError("Aborted.", returncode=130)
+    return CommandError(str(exc))

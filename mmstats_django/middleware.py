@@ -1,0 +1,216 @@
+"""Django middleware that records every request into the worker's stats file.
+
+Put it first in ``MIDDLEWARE`` so that it sees the response every other
+middleware produced, with the status the client receives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import MiddlewareNotUsed
+from django.http import HttpRequest, HttpResponseBase
+
+from mmstats import RequestRecorder, resolve_directory
+from mmstats._recorder import Request
+
+from . import conf, instrument
+
+log = logging.getLogger("mmstats.django")
+
+_recorders: dict[tuple[Any, ...], RequestRecorder] = {}
+
+
+def get_recorder(config: conf.Config) -> RequestRecorder:
+    """Return this process's recorder for a configuration.
+
+    A directory or name left to the environment is resolved first, so a
+    changed ``MMSTATS_DIR`` or ``MMSTATS_NAME`` gets a recorder of its own.
+    """
+    key = (
+        config,
+        resolve_directory(config.directory)[0],
+        config.name or os.environ.get("MMSTATS_NAME"),
+    )
+    recorder = _recorders.get(key)
+    if recorder is None:
+        recorder = _recorders.setdefault(
+            key,
+            RequestRecorder(
+                config.directory,
+                config.name,
+                slow_seconds=config.slow_seconds,
+                slow_log_size=config.slow_log_size,
+                label_limit=config.label_limit,
+            ),
+        )
+    return recorder
+
+
+def view_name(view_func: Any) -> str:
+    """Return the dotted path of a view function or class-based view."""
+    target = getattr(view_func, "view_class", None) or getattr(view_func, "cls", None)
+    target = target or view_func
+    module = getattr(target, "__module__", None) or ""
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _name_view(request: HttpRequest, view_func: Any) -> None:
+    recorded = getattr(request, "_mmstats", None)
+    if recorded is None:
+        return
+    try:
+        recorded.set_view(view_name(view_func))
+    except Exception:
+        log.exception("mmstats could not name a view")
+
+
+class StatsMiddleware:
+    """Record count, status, time, queries, view and slot of each request."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        config = conf.get_config()
+        if not config.enabled:
+            raise MiddlewareNotUsed("MMSTATS['ENABLED'] is False")
+        self.get_response = get_response
+        self.recorder = get_recorder(config)
+        instrument.install()
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+            # A sync process_view would cost a thread hop on every request.
+            self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        recorded = self._start(request)
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            self.recorder.finish(recorded, 500, exc)
+            raise
+        return self._respond(recorded, response)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        recorded = self._start(request)
+        try:
+            get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
+            response = await get_response(request)
+        except BaseException as exc:
+            self.recorder.finish(recorded, 500, exc)
+            raise
+        return self._respond(recorded, response)
+
+    def process_view(
+        self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> None:
+        """Name the view in the request's record and slot."""
+        _name_view(request, view_func)
+
+    async def _process_view_async(
+        self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> None:
+        _name_view(request, view_func)
+
+    def _start(self, request: HttpRequest) -> Request:
+        recorded = self.recorder.start(request.method or "", request.path)
+        request._mmstats = recorded  # type: ignore[attr-defined]
+        return recorded
+
+    def _respond(
+        self, recorded: Request, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        if not getattr(response, "streaming", False):
+            self.recorder.finish(recorded, getattr(response, "status_code", 500))
+            return response
+
+        try:
+            _Stream(self.recorder, recorded, response, self.is_async).watch()
+        except Exception:
+            log.exception("mmstats could not follow a streamed response")
+            self.recorder.finish(recorded, response.status_code)
+        return response
+
+
+class _Stream:
+    """Follow a streamed body: the request ends when the server is done.
+
+    Under WSGI the server calls ``close()`` on the response, even after an
+    error.  Under ASGI an error or a client disconnect skips ``close()``,
+    so the end of the body ends the request there.
+    """
+
+    __slots__ = ("recorder", "recorded", "response", "asgi", "sent", "exception")
+
+    def __init__(
+        self, recorder: RequestRecorder, recorded: Request, response: Any, asgi: bool
+    ) -> None:
+        self.recorder = recorder
+        self.recorded = recorded
+        self.response = response
+        self.asgi = asgi
+        self.sent = False
+        self.exception: BaseException | None = None
+
+    def watch(self) -> None:
+        """Wrap the body and ``close()`` of the response."""
+        response = self.response
+        # A FileResponse keeps its file, so that wsgi.file_wrapper can still
+        # send it with sendfile(); reading a file is not where errors happen.
+        if getattr(response, "file_to_stream", None) is None:
+            if response.is_async:
+                response.streaming_content = self._aiterate(response.streaming_content)
+            else:
+                response.streaming_content = self._iterate(response.streaming_content)
+
+        close = response.close
+
+        def close_and_record() -> None:
+            try:
+                close()
+            finally:
+                self.finish()
+
+        response.close = close_and_record
+
+    def _iterate(self, content: Iterable[bytes]) -> Iterator[bytes]:
+        try:
+            for chunk in content:
+                self.sent = True
+                yield chunk
+        except Exception as exc:
+            self.exception = exc
+            self.finish()
+            raise
+        if self.asgi:
+            self.finish()
+
+    async def _aiterate(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in content:
+                self.sent = True
+                yield chunk
+        except Exception as exc:
+            self.exception = exc
+            raise
+        finally:
+            # Also on aclose() after a client disconnect.
+            self.finish()
+
+    def finish(self) -> None:
+        """Finish the request with the status the client received."""
+        status = self.response.status_code
+        # Under WSGI the headers go out with the first chunk: an error before
+        # it becomes the server's 500.  ASGI sends the headers before the body.
+        if self.exception is not None and not self.sent and not self.asgi:
+            status = 500
+        self.recorder.finish(self.recorded, status, self.exception)

@@ -1,0 +1,174 @@
+"""Flask extension that records every request into the worker's stats file.
+
+::
+
+    from mmstats_flask import MmStats
+    MmStats(app)            # or: stats = MmStats(); stats.init_app(app)
+
+Config keys: ``MMSTATS_DIR``, ``MMSTATS_NAME``,
+``MMSTATS_SLOW_REQUEST_SECONDS``, ``MMSTATS_SLOW_LOG_SIZE``,
+``MMSTATS_LABEL_LIMIT`` and ``MMSTATS_ENABLED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, got_request_exception, request, request_started
+
+from mmstats import RequestRecorder, resolve_directory
+from mmstats_wsgi import StatsMiddleware
+
+from . import _sqlalchemy
+
+__all__ = ["MmStats"]
+
+log = logging.getLogger("mmstats.flask")
+
+DEFAULTS: dict[str, Any] = {
+    "MMSTATS_DIR": None,
+    "MMSTATS_NAME": None,
+    "MMSTATS_SLOW_REQUEST_SECONDS": 1.0,
+    "MMSTATS_SLOW_LOG_SIZE": 256,
+    "MMSTATS_LABEL_LIMIT": 100,
+    "MMSTATS_ENABLED": True,
+}
+
+_recorders: dict[tuple[Any, ...], RequestRecorder] = {}
+
+
+@dataclass
+class _State:
+    """What the extension keeps per app in ``app.extensions["mmstats"]``."""
+
+    recorder: RequestRecorder | None
+    directory: str | None
+
+
+def _bad(key: str, value: Any, rule: str) -> ValueError:
+    return ValueError(f"{key} must be {rule}, not {value!r}; fix it in app.config.")
+
+
+def _number(
+    config: Any, key: str, minimum: float, maximum: float | None, integer: bool
+) -> Any:
+    value = config[key]
+    ok = not isinstance(value, bool) and isinstance(
+        value, int if integer else int | float
+    )
+    if ok and value >= minimum and (maximum is None or value <= maximum):
+        return value
+    kind = "an int" if integer else "a number"
+    rule = (
+        f"{kind} >= {minimum}"
+        if maximum is None
+        else f"{kind} from {minimum} to {maximum}"
+    )
+    raise _bad(key, value, rule)
+
+
+def _recorder(
+    directory: str | None, name: str | None, slow: float, size: int, limit: int
+) -> RequestRecorder:
+    """Return the process's recorder for these settings, shared by apps.
+
+    Apps with the same settings share one recorder, so a worker file has one
+    slow ring and one set of request slots however many apps feed it.
+    """
+    key = (
+        resolve_directory(directory)[0],
+        name or os.environ.get("MMSTATS_NAME"),
+        slow,
+        size,
+        limit,
+    )
+    recorder = _recorders.get(key)
+    if recorder is None:
+        recorder = _recorders.setdefault(
+            key,
+            RequestRecorder(
+                directory,
+                name,
+                slow_seconds=slow,
+                slow_log_size=size,
+                label_limit=limit,
+            ),
+        )
+    return recorder
+
+
+class MmStats:
+    """Record requests of a Flask app: works with app factories and many apps."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Wrap ``app.wsgi_app`` and connect the view and exception hooks.
+
+        :raises ValueError: a ``MMSTATS_*`` config value is bad.
+        :raises RuntimeError: the extension is already set up on ``app``.
+        """
+        if "mmstats" in app.extensions:
+            raise RuntimeError(
+                f"MmStats is already set up on app {app.name!r}; call init_app "
+                "once per app."
+            )
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        config = app.config
+        directory = config["MMSTATS_DIR"]
+        if directory is not None and not isinstance(directory, str | os.PathLike):
+            raise _bad("MMSTATS_DIR", directory, "a path")
+        directory = os.fspath(directory) if directory is not None else None
+        name = config["MMSTATS_NAME"]
+        if name is not None and (not isinstance(name, str) or not name):
+            raise _bad("MMSTATS_NAME", name, "a non-empty str")
+        slow = _number(config, "MMSTATS_SLOW_REQUEST_SECONDS", 0, None, integer=False)
+        size = _number(config, "MMSTATS_SLOW_LOG_SIZE", 1, 100_000, integer=True)
+        limit = _number(config, "MMSTATS_LABEL_LIMIT", 1, None, integer=True)
+        enabled = config["MMSTATS_ENABLED"]
+        if not isinstance(enabled, bool):
+            raise _bad("MMSTATS_ENABLED", enabled, "True or False")
+
+        from .cli import mmstats_command
+
+        app.cli.add_command(mmstats_command)
+        if not enabled:
+            app.extensions["mmstats"] = _State(None, directory)
+            return
+
+        recorder = _recorder(directory, name, float(slow), size, limit)
+        app.extensions["mmstats"] = _State(recorder, directory)
+        # Outermost: status and time include every hook and error handler.
+        app.wsgi_app = StatsMiddleware(app.wsgi_app, recorder=recorder)  # type: ignore[method-assign]
+        request_started.connect(_on_request_started, app, weak=False)
+        got_request_exception.connect(_on_exception, app, weak=False)
+        _sqlalchemy.install()
+
+
+def _on_request_started(sender: Flask, **extra: Any) -> None:
+    """Name the view: the endpoint is known before any before_request hook."""
+    try:
+        endpoint = request.endpoint
+        if endpoint:
+            request.environ["mmstats.view"] = endpoint
+            recorded = request.environ.get("mmstats.request")
+            if recorded is not None:
+                recorded.set_view(endpoint)
+    except Exception:
+        log.exception("mmstats could not name a view")
+
+
+def _on_exception(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """Note the unhandled exception Flask is turning into a 500."""
+    try:
+        recorded = request.environ.get("mmstats.request")
+        if recorded is not None:
+            recorded.set_exception(exception)
+    except Exception:
+        log.exception("mmstats could not note a request's exception")

@@ -1,0 +1,44 @@
+"""``flask mmstats``: the mmstats command line, reading the app's directory.
+
+The group's callback loads the app and takes ``MMSTATS_DIR`` from its
+config; its subcommands are the very command objects of ``mmstats``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from mmstats.cli import CliContext, MmstatsGroup, cli
+
+__all__ = ["mmstats_command"]
+
+
+@click.group(
+    "mmstats",
+    cls=MmstatsGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=cli.epilog,
+)
+@with_appcontext
+@click.pass_context
+def mmstats_command(ctx: click.Context) -> None:
+    """Show the stats every worker of this app writes (see `mmstats --help`).
+
+    The stats directory is --dir, else the app's MMSTATS_DIR, else
+    $MMSTATS_DIR, else a private per-user default.
+    """
+    directory = current_app.config.get("MMSTATS_DIR")
+    ctx.obj = CliContext(
+        out=sys.stdout,
+        err=sys.stderr,
+        directory=os.fspath(directory) if directory is not None else None,
+    )
+
+
+for _name, _command in cli.commands.items():
+    mmstats_command.add_command(_command, _name)

@@ -1,0 +1,1054 @@
+"""The mmstats CLI, ``manage.py mmstats`` and ``flask mmstats`` (#4).
+
+The stats directories here are written by real worker processes: one stays
+alive serving a request, one is killed with SIGKILL mid-request, one exits
+cleanly, and one records hostile strings.  The CLI runs as a subprocess, the
+way users run it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mmstats
+from mmstats._cli import EXIT_BAD_FILES, EXIT_DIRECTORY, EXIT_EMPTY, CliContext, run
+from mmstats._render import clean_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, mmstats
+    plan = json.loads(sys.argv[-1])
+    recorder = mmstats.RequestRecorder(plan["dir"], plan["name"], slow_seconds=0)
+    for method, path, view, status, queries, fails in plan["requests"]:
+        request = recorder.start(method, path, view)
+        for _ in range(queries):
+            mmstats.record_query(0.001)
+        recorder.finish(request, status, ValueError("boom") if fails else None)
+    if plan["hold"]:
+        method, path, view, queries = plan["hold"]
+        request = recorder.start(method, path, view)
+        for _ in range(queries):
+            mmstats.record_query(0.001)
+    print("ready", flush=True)
+    if plan["block"]:
+        sys.stdin.read()
+    """
+)
+
+HOSTILE_VIEW = "[bold]v[/bold]<script>\x1b[31m\n"
+HOSTILE_PATH = "/h/\x1b[31mred\x1b[0m\n[bold]b[/bold]<script>x</script>" + "A" * 10_000
+HOSTILE_ARG = "\x1b[2J\x1b]0;owned\x07[red]arg[/red]"
+# (method, path, view, status, queries, raises)
+ALIVE_REQUESTS = [
+    ("GET", "/items/", "shop.items", 200, 2, False),
+    ("GET", "/items/", "shop.items", 200, 2, False),
+    ("GET", "/items/", "shop.items", 200, 2, False),
+    ("POST", "/items/", "shop.create", 302, 3, False),
+    ("GET", "/missing", None, 404, 0, False),
+    ("GET", "/missing", None, 404, 0, False),
+    ("GET", "/boom", "shop.boom", 500, 0, True),
+]
+KILLED_REQUESTS = [("GET", "/b/", "shop.b", 200, 1, False)] * 2
+CLOSED_REQUESTS = [("GET", "/c/", "shop.c", 200, 0, False)] * 4 + [
+    ("GET", "/c/fail", "shop.c", 503, 0, False)
+]
+HOSTILE_REQUESTS = [("GET", HOSTILE_PATH, HOSTILE_VIEW, 200, 0, False)]
+
+
+# -- real workers -------------------------------------------------------------
+
+
+@dataclass
+class Workers:
+    """A stats directory and the pids of the workers that wrote it."""
+
+    directory: Path
+    script: Path
+    pids: dict[str, int] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def start_worker(
+    workers: Workers,
+    role: str,
+    requests: list[tuple[Any, ...]],
+    hold: tuple[Any, ...] | None = None,
+    block: bool = False,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen[str]:
+    """Run a worker that records ``requests``, then holds one or exits."""
+    plan = {
+        "dir": os.fspath(workers.directory),
+        "name": role,
+        "requests": requests,
+        "hold": hold,
+        "block": block,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, os.fspath(workers.script), *extra, json.dumps(plan)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    workers.procs.append(proc)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    workers.pids[role] = proc.pid
+    [path] = workers.directory.glob(f"{role}.{proc.pid}.*.mmstats")
+    workers.files[role] = path
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a worker and reap it, so its pid no longer looks alive."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def finish(proc: subprocess.Popen[str]) -> None:
+    """Let a worker exit cleanly (it closes its file at exit)."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def populate(directory: Path, script: Path, hostile: bool = True) -> Workers:
+    """Write a directory with an alive, a killed and a closed worker."""
+    workers = Workers(directory, script)
+    start_worker(
+        workers, "alive", ALIVE_REQUESTS, ("GET", "/busy/", "shop.busy", 2), block=True
+    )
+    killed = start_worker(
+        workers,
+        "killed",
+        KILLED_REQUESTS,
+        ("POST", "/checkout/42", "shop.checkout", 3),
+        block=True,
+    )
+    kill(killed)
+    finish(start_worker(workers, "closed", CLOSED_REQUESTS))
+    if hostile:
+        finish(start_worker(workers, "hostile", HOSTILE_REQUESTS, extra=(HOSTILE_ARG,)))
+    return workers
+
+
+@pytest.fixture(scope="module")
+def worker_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The worker program, in a file so that its command line stays short."""
+    path = tmp_path_factory.mktemp("worker") / "worker.py"
+    path.write_text(WORKER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def populated(
+    tmp_path_factory: pytest.TempPathFactory, worker_script: Path
+) -> Iterator[Workers]:
+    """A stats directory shared by the read-only tests of this module."""
+    directory = tmp_path_factory.mktemp("cli") / "stats"
+    directory.mkdir(mode=0o700)
+    workers = populate(directory, worker_script)
+    try:
+        yield workers
+    finally:
+        workers.stop()
+
+
+def mmstats_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mmstats._cli`` the way a user would, output piped."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MMSTATS_DIR", "MMSTATS_TRACEBACK", "COLUMNS", "NO_COLOR")
+    }
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mmstats._cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+        cwd=ROOT,
+    )
+
+
+def row(output: str, first: str) -> list[str]:
+    """Return the tokens of the first output line starting with ``first``."""
+    for line in output.splitlines():
+        tokens = line.split()
+        if tokens and tokens[0] == first:
+            return tokens
+    raise AssertionError(f"no line starts with {first!r} in:\n{output}")
+
+
+SLOW_ROW = re.compile(
+    r"^\s*(?:\d\d:\d\d:\d\d|\d\d-\d\d \d\d:\d\d)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\d+)"
+    r"\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)"
+)
+
+
+def slow_rows(output: str) -> list[tuple[int, int, int, str, str, str, str]]:
+    """Parse ``slow``: (pid, status, queries, method, path, view, host) per row."""
+    lines = output.splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        m = SLOW_ROW.match(line)
+        if m:
+            pid, status, _time, queries, _db, _mem, _load, method, path = m.groups()
+            view, host = lines[i + 1].strip(), lines[i + 2].strip()
+            rows.append((int(pid), int(status), int(queries), method, path, view, host))
+    return rows
+
+
+def expected_slow(workers: Workers) -> Counter[tuple[int, int, int, str, str]]:
+    plans = {
+        "alive": ALIVE_REQUESTS,
+        "killed": KILLED_REQUESTS,
+        "closed": CLOSED_REQUESTS,
+    }
+    return Counter(
+        (workers.pids[role], status, queries, method, path)
+        for role, requests in plans.items()
+        for method, path, _view, status, queries, _fails in requests
+    )
+
+
+# -- show ---------------------------------------------------------------------
+
+
+class TestShow:
+    def test_rows_show_the_counts_each_worker_wrote(self, populated: Workers) -> None:
+        """Each worker's row has its requests, status classes, busy count and
+        queries per request, as the worker recorded them."""
+        result = mmstats_cli("show", "--dir", os.fspath(populated.directory))
+
+        assert result.returncode == 0, result.stderr
+        alive = row(result.stdout, str(populated.pids["alive"]))
+        assert alive[1] == "alive"
+        assert alive[3] == "7"
+        assert alive[5:10] == ["3", "1", "2", "1", "1"]
+        assert alive[12] == "1.3"  # 9 queries over 7 requests
+        assert alive[13].endswith("MiB")
+        closed = row(result.stdout, str(populated.pids["closed"]))
+        assert closed[1] == "closed"
+        assert (closed[3], closed[5], closed[8]) == ("5", "4", "1")
+
+    def test_durations_and_sizes_carry_units(self, populated: Workers) -> None:
+        """p50 and p99 are printed with ms or s, RSS with MiB."""
+        result = mmstats_cli("show", "--dir", os.fspath(populated.directory))
+
+        alive = row(result.stdout, str(populated.pids["alive"]))
+        assert re.fullmatch(r"[\d.]+(ms|s)", alive[10])
+        assert re.fullmatch(r"[\d.]+(ms|s)", alive[11])
+        assert "Avg/s" in result.stdout
+
+    def test_totals_row_adds_up_all_workers(self, populated: Workers) -> None:
+        """The totals row equals Snapshot.totals(): 15 requests, 10 2xx, 1 3xx,
+        2 4xx, 2 5xx; busy counts only the live worker's request."""
+        result = mmstats_cli("show", "--dir", os.fspath(populated.directory))
+
+        total = row(result.stdout, "total")
+        assert total[1] == "15"
+        assert total[3:8] == ["10", "1", "2", "2", "1"]
+        assert total[10] == "0.7"  # 11 queries over 15 requests
+
+    def test_busy_slot_of_a_live_worker_is_listed(self, populated: Workers) -> None:
+        """A request being served shows its method, path, view and elapsed time."""
+        result = mmstats_cli("show", "--dir", os.fspath(populated.directory))
+
+        section = result.stdout.split("Requests in flight", 1)[1]
+        busy = row(section, str(populated.pids["alive"]))
+        assert busy[1:4] == ["GET", "/busy/", "shop.busy"]
+        assert re.fullmatch(r"[\d.]+(ms|s)|\d+m\d\ds", busy[4])
+        assert busy[5] == "2"
+
+    def test_killed_worker_is_dead_with_its_last_request(
+        self, populated: Workers
+    ) -> None:
+        """A worker killed mid-request is listed as dead, with the method and
+        path it was serving, not in the main table."""
+        result = mmstats_cli("show", "--dir", os.fspath(populated.directory))
+
+        main, dead = result.stdout.split("Dead workers", 1)
+        pid = str(populated.pids["killed"])
+        assert pid not in main.split()
+        line = row(dead, pid)
+        assert line[1] == "2"
+        assert line[3:6] == ["POST", "/checkout/42", "shop.checkout"]
+
+    def test_output_fits_80_columns_and_wide_is_wider(self, populated: Workers) -> None:
+        """Narrow output is at most 80 columns; --wide adds the Name column."""
+        narrow = mmstats_cli("show", "--dir", os.fspath(populated.directory))
+        wide = mmstats_cli("show", "--wide", "--dir", os.fspath(populated.directory))
+
+        assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+        assert "Name" not in narrow.stdout
+        assert "Name" in wide.stdout
+        name_column = row(wide.stdout, str(populated.pids["alive"]))[2]
+        assert name_column == "alive"  # the worker's name is its role
+
+    def test_console_script_runs_show(self, populated: Workers) -> None:
+        """The installed ``mmstats`` console script runs the same command."""
+        script = Path(sys.executable).with_name("mmstats")
+        if not script.exists():
+            pytest.skip("the mmstats console script is not installed in this env")
+        result = subprocess.run(
+            [os.fspath(script), "show", "--dir", os.fspath(populated.directory)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert row(result.stdout, "total")[1] == "15"
+
+    def test_streams_are_injectable(self, populated: Workers) -> None:
+        """run() writes the tables to the context's out stream, errors to err."""
+        out, err = io.StringIO(), io.StringIO()
+        app = CliContext(out=out, err=err, directory=os.fspath(populated.directory))
+
+        assert run(["show"], app, "mmstats") == 0
+        assert row(out.getvalue(), "total")[1] == "15"
+        assert err.getvalue() == ""
+
+
+# -- top ----------------------------------------------------------------------
+
+
+class TestTop:
+    def test_top_prints_each_refresh_when_not_a_tty(self, populated: Workers) -> None:
+        """With output to a pipe, top prints one frame per refresh and stops
+        after --iterations; the later frames show rates between refreshes."""
+        result = mmstats_cli(
+            "top",
+            "--iterations",
+            "2",
+            "--interval",
+            "0.2",
+            "--dir",
+            os.fspath(populated.directory),
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("Stats directory") == 2
+        first, second = result.stdout.split("Stats directory")[1:]
+        assert "Avg/s" in first and "Req/s" not in first
+        assert "Req/s: requests per second over the last" in second
+        assert row(second, str(populated.pids["alive"]))[4] == "0.0"
+        assert row(second, "total")[1] == "15"
+
+    @pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
+    def test_q_or_ctrl_c_quits_and_restores_the_terminal(
+        self, populated: Workers, key: bytes
+    ) -> None:
+        """On a terminal, top runs until q or Ctrl-C, exits with status 0 and
+        leaves the terminal in canonical mode with echo, cursor shown."""
+        import pty
+        import termios
+
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a threaded process; the
+            # child execs at once, so no lock can be left held.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # the child: run top on the pty
+            argv = ["top", "--interval", "0.2", "--dir", os.fspath(populated.directory)]
+            os.execv(sys.executable, [sys.executable, "-m", "mmstats._cli", *argv])
+        try:
+            output, status = self._drive(pid, fd, key)
+            attrs = termios.tcgetattr(fd)
+        finally:
+            os.close(fd)
+
+        assert status == 0, output[-2000:]
+        assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
+        assert output.endswith(b"\x1b[?25h") or b"\x1b[?25h" in output[-200:]
+
+    @staticmethod
+    def _drive(pid: int, fd: int, key: bytes) -> tuple[bytes, int | None]:
+        """Read top's output until a refresh shows rates, press ``key``, wait."""
+        import select
+
+        output, sent, deadline = b"", False, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    output += os.read(fd, 65536)
+                except OSError:  # the child closed the terminal
+                    pass
+            if not sent and b"Req/s" in output:
+                os.write(fd, key)
+                sent = True
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return output, os.waitstatus_to_exitcode(status)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return output, None
+
+    def test_rates_are_the_difference_over_the_interval(self, stats_dir: Path) -> None:
+        """Req/s is (requests now - requests before) / seconds between reads."""
+        from mmstats._cli import _rates
+
+        recorder = mmstats.RequestRecorder(stats_dir, "rates", slow_seconds=10)
+        for _ in range(2):
+            recorder.finish(recorder.start("GET", "/"), 200)
+        before = mmstats.read_directory(stats_dir)
+        for _ in range(6):
+            recorder.finish(recorder.start("GET", "/"), 200)
+        after = mmstats.read_directory(stats_dir)
+
+        rates = _rates(before, after, 2.0)
+        [worker] = after.workers
+        assert rates.per_worker[worker.path] == 3.0
+        assert rates.total == 3.0
+
+
+# -- slow ---------------------------------------------------------------------
+
+
+class TestSlow:
+    def test_every_request_is_listed_with_its_fields(self, populated: Workers) -> None:
+        """With slow_seconds=0 each request is a slow entry: pid, status,
+        queries, method, path, view and hostname match what was recorded."""
+        result = mmstats_cli(
+            "slow", "--limit", "0", "--dir", os.fspath(populated.directory)
+        )
+
+        assert result.returncode == 0, result.stderr
+        rows = [
+            r for r in slow_rows(result.stdout) if r[0] != populated.pids["hostile"]
+        ]
+        assert Counter(r[:5] for r in rows) == expected_slow(populated)
+        host = socket.gethostname()
+        views = {(r[3], r[4]): r[5] for r in rows}
+        assert views[("POST", "/items/")] == "shop.create"
+        assert views[("GET", "/missing")] == "-"
+        assert all(host.startswith(r[6].rstrip("…")) for r in rows)
+
+    def test_newest_first_like_the_reader(self, populated: Workers) -> None:
+        """Entries come in the order of Snapshot.slow(): newest first."""
+        result = mmstats_cli(
+            "slow", "--limit", "0", "--dir", os.fspath(populated.directory)
+        )
+
+        got = [(r[0], r[1], r[4][:10]) for r in slow_rows(result.stdout)]
+        want = mmstats.read_directory(populated.directory).slow()
+        assert got == [(e.pid, e.status, clean_text(e.path)[:10]) for e in want]
+
+    def test_sort_by_duration_and_limit(self, populated: Workers) -> None:
+        """--sort duration puts the slowest first; --limit caps the rows."""
+        result = mmstats_cli(
+            "slow",
+            "--sort",
+            "duration",
+            "--limit",
+            "3",
+            "--dir",
+            os.fspath(populated.directory),
+        )
+
+        got = [(r[0], r[1]) for r in slow_rows(result.stdout)]
+        want = mmstats.read_directory(populated.directory).slow(3, sort="duration")
+        assert got == [(e.pid, e.status) for e in want]
+        assert "Slow requests (3)" in result.stdout
+
+    def test_wide_shows_each_field_in_its_own_column(self, populated: Workers) -> None:
+        """--wide has Host, Method, Path, View, Queries, DB, dMem, dLoad columns."""
+        result = mmstats_cli(
+            "slow", "--wide", "--limit", "0", "--dir", os.fspath(populated.directory)
+        )
+
+        header = next(line for line in result.stdout.splitlines() if "Status" in line)
+        for name in ("End", "PID", "Host", "Method", "Path", "View", "Queries", "DB"):
+            assert name in header
+        create = next(
+            line for line in result.stdout.splitlines() if "shop.create" in line
+        )
+        assert "POST" in create and "/items/" in create and " 302 " in create
+
+
+# -- json ---------------------------------------------------------------------
+
+
+class TestJson:
+    def test_document_matches_the_reader(self, populated: Workers) -> None:
+        """The JSON document has schema 1, the workers the reader sees with
+        their pids, states and request counts, and the totals."""
+        result = mmstats_cli("json", "--dir", os.fspath(populated.directory))
+
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout, parse_constant=pytest.fail)
+        snapshot = mmstats.read_directory(populated.directory)
+        assert doc["schema"] == 1
+        assert doc["directory"] == snapshot.directory
+        assert doc["bad_files"] == []
+        by_pid = {w["pid"]: w for w in doc["workers"]}
+        assert set(by_pid) == {w.pid for w in snapshot.workers}
+        for worker in snapshot.workers:
+            got = by_pid[worker.pid]
+            assert got["state"] == worker.state
+            requests = [m for m in got["metrics"] if m["name"] == "requests"]
+            assert requests[0]["value"] == worker.value("requests")
+            assert len(got["slow"]) == len(worker.slow)
+        totals = {(t["name"], json.dumps(t["labels"])): t for t in doc["totals"]}
+        assert totals[("requests", "{}")]["value"] == 15
+        assert totals[("in_flight", "{}")]["value"].keys() == {
+            "sum",
+            "min",
+            "max",
+            "workers",
+        }
+        hist = totals[("request_seconds", "{}")]
+        assert hist["unit"] == "seconds"
+        assert hist["value"]["count"] == 15
+        assert {"p50", "p90", "p99", "buckets", "sum"} <= hist["value"].keys()
+
+    def test_dead_worker_keeps_its_slot(self, populated: Workers) -> None:
+        """The killed worker is "dead" and its slot holds the request it served."""
+        doc = json.loads(
+            mmstats_cli("json", "--dir", os.fspath(populated.directory)).stdout
+        )
+
+        [dead] = [w for w in doc["workers"] if w["pid"] == populated.pids["killed"]]
+        assert dead["state"] == "dead"
+        assert dead["closed_at"] is None
+        [slot] = dead["slots"]
+        assert (slot["method"], slot["path"], slot["view"]) == (
+            "POST",
+            "/checkout/42",
+            "shop.checkout",
+        )
+        assert slot["queries"] == 3
+
+    def test_every_documented_field_is_present(self, populated: Workers) -> None:
+        """Each worker, metric and the archive carry the documented keys."""
+        doc = json.loads(
+            mmstats_cli("json", "--dir", os.fspath(populated.directory)).stdout
+        )
+
+        assert set(doc) == {
+            "schema",
+            "directory",
+            "read_at",
+            "workers",
+            "bad_files",
+            "archive",
+            "totals",
+        }
+        worker_keys = {
+            "file",
+            "name",
+            "pid",
+            "hostname",
+            "command",
+            "state",
+            "start_time",
+            "created",
+            "closed_at",
+            "heartbeat",
+            "version",
+            "size",
+            "metrics",
+            "slots",
+            "slow",
+        }
+        for worker in doc["workers"]:
+            assert set(worker) == worker_keys
+            for metric in worker["metrics"]:
+                assert set(metric) == {
+                    "name",
+                    "kind",
+                    "help",
+                    "unit",
+                    "labels",
+                    "value",
+                }
+        assert {"workers", "folded", "metrics", "slow"} <= set(doc["archive"])
+
+    def test_not_a_number_becomes_null(self) -> None:
+        """NaN and infinities, which JSON has no word for, become null."""
+        from mmstats._report import dumps
+
+        text = dumps({"a": float("nan"), "b": [float("inf"), 1.5]})
+        assert json.loads(text, parse_constant=pytest.fail) == {
+            "a": None,
+            "b": [None, 1.5],
+        }
+
+
+# -- clean --------------------------------------------------------------------
+
+
+def counter_and_histogram_totals(directory: Path) -> dict[Any, Any]:
+    totals = mmstats.read_directory(directory).totals()
+    result: dict[Any, Any] = {}
+    for key, series in totals.items():
+        if series.kind == "counter":
+            result[key] = series.value
+        elif series.kind == "histogram":
+            result[key] = (series.value.count, dict(series.value.buckets))
+    return result
+
+
+class TestClean:
+    def test_clean_folds_dead_and_closed_and_keeps_totals(
+        self, stats_dir: Path, worker_script: Path
+    ) -> None:
+        """clean removes only the dead and closed workers' files, and the
+        counter and histogram totals are the same before and after."""
+        workers = populate(stats_dir, worker_script, hostile=False)
+        try:
+            before = counter_and_histogram_totals(stats_dir)
+
+            dry = mmstats_cli("clean", "--dry-run", "--dir", os.fspath(stats_dir))
+            assert dry.returncode == 0, dry.stderr
+            assert "Would fold" in dry.stdout
+            assert all(path.exists() for path in workers.files.values())
+
+            result = mmstats_cli("clean", "--dir", os.fspath(stats_dir))
+            assert result.returncode == 0, result.stderr
+            assert "Folded into the archive" in result.stdout
+            for role in ("killed", "closed"):
+                assert str(workers.pids[role]) in result.stdout
+                assert not workers.files[role].exists()
+            assert workers.files["alive"].exists()
+            assert "Left 1 live worker alone." in result.stdout
+            assert counter_and_histogram_totals(stats_dir) == before
+
+            shown = mmstats_cli("show", "--dir", os.fspath(stats_dir))
+            assert row(shown.stdout, "total")[1] == "14"
+            assert "1 archived" not in shown.stdout and "2 archived" in shown.stdout
+        finally:
+            workers.stop()
+
+    def test_clean_of_a_directory_without_workers_succeeds(
+        self, stats_dir: Path
+    ) -> None:
+        """Nothing to fold is not an error: status 0 and a message."""
+        result = mmstats_cli("clean", "--dir", os.fspath(stats_dir))
+
+        assert result.returncode == 0, result.stderr
+        assert "Nothing to fold" in result.stdout
+
+
+# -- dump ---------------------------------------------------------------------
+
+
+class TestDump:
+    def test_dump_shows_every_field_of_a_dead_file(self, populated: Workers) -> None:
+        """Header fields, every series, every histogram bucket with its bounds,
+        the slot held at death and the slow ring are all printed."""
+        path = populated.files["killed"]
+        result = mmstats_cli("dump", "--wide", os.fspath(path))
+
+        assert result.returncode == 0, result.stderr
+        worker = mmstats.read_file(path)
+        out = result.stdout
+        for field_name in (
+            "path",
+            "name",
+            "pid",
+            "hostname",
+            "command",
+            "boot_id",
+            "state",
+            "version",
+            "start_time",
+            "created",
+            "closed",
+            "closed_at",
+            "heartbeat",
+            "size",
+            "used",
+        ):
+            assert re.search(rf"^\s*{field_name}\s", out, re.M), field_name
+        assert re.search(r"^\s*state\s+dead\s*$", out, re.M)
+        assert re.search(rf"^\s*pid\s+{worker.pid}\s*$", out, re.M)
+        for series in worker.series:
+            assert series.name in out
+        for series in worker.series:
+            if series.kind != "histogram":
+                continue
+            section = out.split(f"Buckets of {series.name}", 1)[1]
+            for k, count in series.value.buckets.items():
+                low, high = series.value.bounds(k)
+                bounds = rf"{re.escape(f'{low:.6g}')}\s+{re.escape(f'{high:.6g}')}"
+                line = rf"^\s*{k}\s+{bounds}\s+{count}\s*$"
+                assert re.search(line, section, re.M), (series.name, k)
+        slots = out.split("Slots in use (1)", 1)[1]
+        assert "POST" in slots and "/checkout/42" in slots and "shop.checkout" in slots
+        assert "Slow ring (2 entries)" in out
+
+    def test_dump_finds_a_file_by_name_in_the_directory(
+        self, populated: Workers
+    ) -> None:
+        """A bare file name is looked up in --dir."""
+        name = populated.files["closed"].name
+        result = mmstats_cli("dump", name, "--dir", os.fspath(populated.directory))
+
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"^\s*state\s+closed\s*$", result.stdout, re.M)
+
+    def test_dump_of_a_bad_file_is_one_line(self, tmp_path: Path) -> None:
+        """A file that is not a stats file gives one error line and status 1."""
+        junk = tmp_path / "junk.mmstats"
+        junk.write_bytes(b"not a stats file" * 400)
+        result = mmstats_cli("dump", os.fspath(junk))
+
+        assert result.returncode == EXIT_BAD_FILES
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith("Error: ") and "junk.mmstats" in line
+
+
+# -- hostile strings ----------------------------------------------------------
+
+
+class TestHostileStrings:
+    COMMANDS = (
+        ("show",),
+        ("show", "--wide"),
+        ("slow", "--limit", "0"),
+        ("slow", "--limit", "0", "--wide"),
+        ("json",),
+    )
+
+    def test_no_raw_control_characters_or_long_values(self, populated: Workers) -> None:
+        """No ESC, BEL or raw newline from a file reaches the output; the 10 KB
+        path is cut; narrow lines stay within 80 columns."""
+        directory = os.fspath(populated.directory)
+        runs = [mmstats_cli(*args, "--dir", directory) for args in self.COMMANDS]
+        hostile = os.fspath(populated.files["hostile"])
+        runs += [mmstats_cli("dump", hostile), mmstats_cli("dump", "--wide", hostile)]
+
+        for result in runs:
+            assert result.returncode == 0, result.stderr
+            assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+            assert "red\x1b[0m\n" not in result.stdout
+            assert "A" * 600 not in result.stdout
+        for result in runs[0], runs[2], runs[5]:
+            assert max(map(len, result.stdout.splitlines())) <= 80
+
+    def test_markup_and_escapes_are_shown_literally(self, populated: Workers) -> None:
+        """Rich markup like [bold] is printed as text, and control characters
+        appear as \\xNN and \\n escapes."""
+        result = mmstats_cli("dump", "--wide", os.fspath(populated.files["hostile"]))
+
+        assert "[bold]v[/bold]<script>\\x1b[31m\\n" in result.stdout
+        assert "\\x1b[2J\\x1b]0;owned\\x07[red]arg[/red]" in result.stdout
+
+    def test_json_escapes_html_and_keeps_the_exact_strings(
+        self, populated: Workers
+    ) -> None:
+        """JSON output contains no raw <script> or control characters, and
+        parsing it gives back the exact strings the worker wrote."""
+        result = mmstats_cli("json", "--dir", os.fspath(populated.directory))
+
+        assert "<script>" not in result.stdout
+        doc = json.loads(result.stdout)
+        [worker] = [w for w in doc["workers"] if w["pid"] == populated.pids["hostile"]]
+        [entry] = worker["slow"]
+        assert entry["view"] == HOSTILE_VIEW
+        assert HOSTILE_PATH.startswith(entry["path"])
+        assert HOSTILE_ARG in worker["command"]
+
+
+# -- errors and exit statuses -------------------------------------------------
+
+
+class TestErrors:
+    @pytest.mark.parametrize("command", ["show", "top", "slow", "json", "clean"])
+    def test_missing_directory_is_status_3_and_one_line(
+        self, tmp_path: Path, command: str
+    ) -> None:
+        """A directory that does not exist: one line on stderr, status 3."""
+        missing = tmp_path / "nope"
+        result = mmstats_cli(command, "--dir", os.fspath(missing))
+
+        assert result.returncode == EXIT_DIRECTORY
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith(
+            f"Error: Stats directory {os.fspath(missing)!r} does not exist"
+        )
+        assert "Traceback" not in result.stderr
+
+    def test_not_a_directory_is_status_3(self, tmp_path: Path) -> None:
+        """A regular file given as the directory: status 3."""
+        plain = tmp_path / "file"
+        plain.write_text("x")
+        result = mmstats_cli("show", "--dir", os.fspath(plain))
+
+        assert result.returncode == EXIT_DIRECTORY
+        assert "is not a directory" in result.stderr
+
+    def test_missing_directory_from_the_environment(self, tmp_path: Path) -> None:
+        """Without --dir, MMSTATS_DIR names the directory."""
+        missing = os.fspath(tmp_path / "env-dir")
+        result = mmstats_cli("show", env={"MMSTATS_DIR": missing})
+
+        assert result.returncode == EXIT_DIRECTORY
+        assert repr(missing) in result.stderr
+
+    @pytest.mark.parametrize("command", ["show", "slow", "json"])
+    def test_empty_directory_is_status_4(self, stats_dir: Path, command: str) -> None:
+        """A directory without stats files: one line on stderr, status 4."""
+        result = mmstats_cli(command, "--dir", os.fspath(stats_dir))
+
+        assert result.returncode == EXIT_EMPTY
+        [line] = result.stderr.splitlines()
+        assert "holds no stats files" in line
+        if command == "json":
+            assert json.loads(result.stdout)["workers"] == []
+        else:
+            assert result.stdout == ""
+
+    def test_bad_file_is_listed_and_good_ones_still_shown(
+        self, stats_dir: Path, worker_script: Path
+    ) -> None:
+        """A corrupt file is listed with its reason after the table, the good
+        worker is still shown, and the status is 1."""
+        workers = Workers(stats_dir, worker_script)
+        finish(start_worker(workers, "good", CLOSED_REQUESTS))
+        workers.stop()
+        bad = stats_dir / "broken.1.x.mmstats"
+        bad.write_bytes(b"\x00" * 10)
+
+        result = mmstats_cli("show", "--dir", os.fspath(stats_dir))
+
+        assert result.returncode == EXIT_BAD_FILES
+        table, listed = result.stdout.split("Files that could not be read", 1)
+        assert row(table, str(workers.pids["good"]))[3] == "5"
+        assert "broken.1.x.mmstats" in listed
+        assert "shorter than" in " ".join(listed.split())
+        [line] = result.stderr.splitlines()
+        assert "1 stats file" in line
+
+        doc = mmstats_cli("json", "--dir", os.fspath(stats_dir))
+        assert doc.returncode == EXIT_BAD_FILES
+        [entry] = json.loads(doc.stdout)["bad_files"]
+        assert entry["path"] == os.fspath(bad)
+
+    def test_traceback_only_on_request(self, tmp_path: Path) -> None:
+        """--traceback or MMSTATS_TRACEBACK=1 adds the traceback."""
+        missing = os.fspath(tmp_path / "nope")
+        plain = mmstats_cli("show", "--dir", missing)
+        flag = mmstats_cli("show", "--traceback", "--dir", missing)
+        env = mmstats_cli("show", "--dir", missing, env={"MMSTATS_TRACEBACK": "1"})
+
+        assert "Traceback" not in plain.stderr
+        assert "Traceback" in flag.stderr and flag.returncode == EXIT_DIRECTORY
+        assert "Traceback" in env.stderr
+
+    @pytest.mark.parametrize("command", ["show", "slow", "json"])
+    def test_closed_pipe_is_status_141_and_quiet(
+        self, populated: Workers, command: str
+    ) -> None:
+        """When the reader of the output is gone, the status is 141 (as if by
+        SIGPIPE) and nothing is printed on stderr."""
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        with subprocess.Popen(
+            [sys.executable, "-m", "mmstats._cli", command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "MMSTATS_DIR": os.fspath(populated.directory)},
+            cwd=ROOT,
+        ) as proc:
+            os.close(write_end)
+            _, stderr = proc.communicate(timeout=120)
+
+        assert proc.returncode == 141
+        assert stderr == b""
+
+    def test_unknown_option_is_a_usage_error(self) -> None:
+        """Click's usage errors exit with status 2."""
+        result = mmstats_cli("show", "--bogus")
+
+        assert result.returncode == 2
+        assert "No such option" in result.stderr
+
+    def test_help_lists_every_subcommand_and_status(self) -> None:
+        """mmstats --help names the six subcommands and the exit statuses."""
+        result = mmstats_cli("--help")
+
+        assert result.returncode == 0
+        for name in ("show", "top", "slow", "json", "clean", "dump"):
+            assert re.search(rf"^\s+{name}\s", result.stdout, re.M)
+        assert "Exit status" in result.stdout
+
+
+# -- Django -------------------------------------------------------------------
+
+
+class TestDjangoCommand:
+    def test_call_command_shows_the_directory_from_settings(
+        self, populated: Workers, settings: Any
+    ) -> None:
+        """call_command("mmstats", "show") reads MMSTATS["DIR"] and writes to
+        the command's stdout."""
+        from django.core.management import call_command
+
+        settings.MMSTATS = {"DIR": os.fspath(populated.directory)}
+        out = io.StringIO()
+        call_command("mmstats", "show", stdout=out)
+
+        assert row(out.getvalue(), "total")[1] == "15"
+
+    def test_call_command_with_dir_and_json(self, populated: Workers) -> None:
+        """Options after the subcommand reach it: --dir, json."""
+        from django.core.management import call_command
+
+        out = io.StringIO()
+        call_command(
+            "mmstats", "json", "--dir", os.fspath(populated.directory), stdout=out
+        )
+
+        assert {w["pid"] for w in json.loads(out.getvalue())["workers"]} == set(
+            populated.pids.values()
+        )
+
+    def test_errors_become_command_errors(self, tmp_path: Path) -> None:
+        """A missing directory and a usage error raise one-line CommandErrors
+        with the CLI's exit statuses."""
+        from django.core.management import CommandError, call_command
+
+        with pytest.raises(CommandError, match=r"does not exist") as missing:
+            call_command("mmstats", "show", "--dir", os.fspath(tmp_path / "x"))
+        assert missing.value.returncode == EXIT_DIRECTORY
+        with pytest.raises(CommandError, match=r"No such option.*--bogus") as usage:
+            call_command("mmstats", "show", "--bogus")
+        assert usage.value.returncode == 2
+        assert "\n" not in str(missing.value) + str(usage.value)
+
+    def test_manage_py_runs_the_command(self, populated: Workers) -> None:
+        """``django-admin mmstats show`` works from the command line, and
+        --help lists the subcommands."""
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.django_settings",
+            "MMSTATS_TEST_DJANGO_DIR": os.fspath(populated.directory),
+            "PYTHONPATH": os.fspath(ROOT),
+        }
+        base = [sys.executable, "-m", "django", "mmstats"]
+        shown = subprocess.run(
+            [*base, "show"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+        helped = subprocess.run(
+            [*base, "--help"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+        missing = subprocess.run(
+            [*base, "show", "--dir", "/nonexistent/mmstats"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+        assert shown.returncode == 0, shown.stderr
+        assert row(shown.stdout, "total")[1] == "15"
+        for name in ("show", "top", "slow", "json", "clean", "dump"):
+            assert re.search(rf"^\s+{name}\s", helped.stdout, re.M), helped.stdout
+        assert missing.returncode == EXIT_DIRECTORY
+        assert missing.stderr.strip().count("\n") == 0
+        assert "does not exist" in missing.stderr
+
+
+# -- Flask --------------------------------------------------------------------
+
+
+class TestFlaskCommand:
+    def test_flask_command_uses_the_app_config(self, populated: Workers) -> None:
+        """``flask mmstats show`` reads MMSTATS_DIR from the app's config."""
+        from flask import Flask
+
+        from mmstats_flask.cli import mmstats_command
+
+        app = Flask("cli_test")
+        app.config["MMSTATS_DIR"] = os.fspath(populated.directory)
+        result = app.test_cli_runner().invoke(mmstats_command, ["show"])
+
+        assert result.exit_code == 0, result.output
+        assert row(result.output, "total")[1] == "15"
+
+    def test_flask_command_exit_statuses(self, tmp_path: Path) -> None:
+        """Errors keep the CLI's exit statuses under flask."""
+        from flask import Flask
+
+        from mmstats_flask.cli import mmstats_command
+
+        app = Flask("cli_test")
+        app.config["MMSTATS_DIR"] = os.fspath(tmp_path / "missing")
+        runner = app.test_cli_runner()
+
+        assert runner.invoke(mmstats_command, ["show"]).exit_code == EXIT_DIRECTORY
+        assert runner.invoke(mmstats_command, ["show", "--bogus"]).exit_code == 2
+
+    def test_flask_cli_finds_the_command(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """The flask.commands entry point makes ``flask mmstats`` available."""
+        (tmp_path / "cli_flask_app.py").write_text(
+            "from flask import Flask\n"
+            "app = Flask(__name__)\n"
+            f"app.config['MMSTATS_DIR'] = {os.fspath(populated.directory)!r}\n"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([os.fspath(tmp_path), os.fspath(ROOT)]),
+        }
+        flask = Path(sys.executable).with_name("flask")
+        result = subprocess.run(
+            [os.fspath(flask), "--app", "cli_flask_app", "mmstats", "show"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert row(result.stdout, "total")[1] == "15"
