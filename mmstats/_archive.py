@@ -84,7 +84,14 @@ def _from_json(data: Any) -> Archive:
             continue
         labels = {str(k): str(v) for k, v in item["labels"].items()}
         series.append(
-            Series(str(item["name"]), kind, str(item["help"]), str(item["unit"]), labels, value)
+            Series(
+                str(item["name"]),
+                kind,
+                str(item["help"]),
+                str(item["unit"]),
+                labels,
+                value,
+            )
         )
     slow = [
         SlowEntry(
@@ -179,6 +186,7 @@ def clean(directory: str, dry_run: bool = False) -> CleanResult:
     from ._reader import aggregate, list_stats_files, read_file
     from .exceptions import CorruptFileError, MmstatsError
 
+    names = list_stats_files(directory)  # DirectoryError when missing
     with _locked(directory):
         archive = load_archive(directory)
         if archive.error:
@@ -201,7 +209,9 @@ def clean(directory: str, dry_run: bool = False) -> CleanResult:
                 folded.append(worker)
             else:
                 alive += 1
-        removed = [w.path for w in folded] + [os.path.join(directory, n) for n in leftovers]
+        removed = [w.path for w in folded] + [
+            os.path.join(directory, n) for n in leftovers
+        ]
         if dry_run or not removed:
             return CleanResult(folded, removed, alive, dry_run)
 
@@ -226,7 +236,9 @@ def clean(directory: str, dry_run: bool = False) -> CleanResult:
         for path in removed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        log.info("Folded %d dead workers of %s into the archive", len(folded), directory)
+        log.info(
+            "Folded %d dead workers of %s into the archive", len(folded), directory
+        )
         return CleanResult(folded, removed, alive, dry_run)
 
 

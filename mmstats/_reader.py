@@ -75,13 +75,15 @@ class HistogramValue:
         if k == 0:
             return 0.0
         low, high = self.bounds(k)
-        if self.integer and math.floor(high) == math.ceil(low) and low < high:
-            return float(math.floor(high))  # exactly one integer in the bucket
-        if self.integer and math.floor(high) > low and math.floor(high) - low < 1:
-            return float(math.floor(high))
         # The harmonic mean of the bounds has the smallest worst-case
         # relative error for any value in the bucket.
-        return 2 * low * high / (low + high)
+        value = 2 * low * high / (low + high)
+        if self.integer:
+            # Counts are whole: the nearest integer inside the bucket.
+            first, last = math.floor(low) + 1, math.floor(high)
+            if first <= last:
+                return float(min(max(round(value), first), last))
+        return value
 
     def quantile(self, q: float) -> float | None:
         """Return the ``q`` quantile (0 to 1) by nearest rank, or None if empty."""
@@ -285,7 +287,9 @@ def _open_file(path: str) -> tuple[Any, int]:
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == 40:  # ELOOP: the last component is a symlink
-            raise CorruptFileError(path, "is a symlink; symlinks are not followed") from None
+            raise CorruptFileError(
+                path, "is a symlink; symlinks are not followed"
+            ) from None
         raise CorruptFileError(path, exc.strerror or str(exc)) from None
     try:
         st = os.fstat(fd)
@@ -293,7 +297,8 @@ def _open_file(path: str) -> tuple[Any, int]:
             raise CorruptFileError(path, "is not a regular file")
         if st.st_size < F.HEADER_SIZE:
             raise CorruptFileError(
-                path, f"is {st.st_size} bytes, shorter than the {F.HEADER_SIZE}-byte header"
+                path,
+                f"is {st.st_size} bytes, shorter than the {F.HEADER_SIZE}-byte header",
             )
         mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
         return mm, st.st_size
@@ -320,7 +325,9 @@ def _this_host() -> _Host:
     return _host
 
 
-def _state(closed: bool, pid: int, ticks: int, hostname: str, boot: str, ns: int) -> str:
+def _state(
+    closed: bool, pid: int, ticks: int, hostname: str, boot: str, ns: int
+) -> str:
     if closed:
         return "closed"
     host = _this_host()
@@ -350,7 +357,7 @@ def read_file(path: str | os.PathLike[str]) -> Worker:
         message names the file and the reason.
     """
     path = os.fspath(path)
-    for attempt in range(3):
+    for _attempt in range(3):
         mm, size = _open_file(path)
         try:
             return _parse(path, mm, size)
@@ -395,9 +402,13 @@ def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
     version = int.from_bytes(b[F.H_VERSION : F.H_VERSION + 4], F.NATIVE_ORDER)
     if version != F.VERSION:
         raise UnsupportedVersionError(path, version, F.VERSION)
-    header_size = int.from_bytes(b[F.H_HEADER_SIZE : F.H_HEADER_SIZE + 4], F.NATIVE_ORDER)
+    header_size = int.from_bytes(
+        b[F.H_HEADER_SIZE : F.H_HEADER_SIZE + 4], F.NATIVE_ORDER
+    )
     if header_size != F.HEADER_SIZE:
-        raise CorruptFileError(path, f"has header size {header_size}, not {F.HEADER_SIZE}")
+        raise CorruptFileError(
+            path, f"has header size {header_size}, not {F.HEADER_SIZE}"
+        )
     used = q[F.H_USED // 8]
     if used > size and used % 8 == 0 and used <= _current_size(path):
         raise _Grew()
@@ -420,7 +431,9 @@ def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
         closed=closed,
         closed_at=d[F.H_CLOSED_AT // 8],
         heartbeat=d[F.H_HEARTBEAT // 8],
-        state=_state(closed, pid, q[F.H_START_TICKS // 8], hostname, boot, q[F.H_PIDNS // 8]),
+        state=_state(
+            closed, pid, q[F.H_START_TICKS // 8], hostname, boot, q[F.H_PIDNS // 8]
+        ),
         version=version,
         size=size,
         used=used,
@@ -471,7 +484,9 @@ def _parse_records(worker: Worker, b: Any, q: Any, d: Any, used: int) -> None:
             metrics[mid] = meta
         elif rtype == F.R_CELL:
             _, _, mid, tslot = F.CELL_FIXED.unpack(b[off : off + 16])
-            cells.append((mid, tslot, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD))
+            cells.append(
+                (mid, tslot, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD)
+            )
         elif rtype == F.R_SLOT:
             _parse_slot(worker, b, q, off, rsize, live)
         elif rtype == F.R_RING:
@@ -688,15 +703,25 @@ class Snapshot:
         return entries[:limit] if limit is not None else entries
 
 
-def aggregate(workers: Iterable[Worker], archive: Archive | None = None) -> dict[tuple[str, LabelKey], Series]:
-    """Add workers up: counters and histograms summed, gauges as GaugeTotal."""
+def aggregate(
+    workers: Iterable[Worker], archive: Archive | None = None
+) -> dict[tuple[str, LabelKey], Series]:
+    """Add workers up: counters and histograms summed, gauges as GaugeTotal.
+
+    Gauges are taken from live workers (and workers of other hosts) only.
+    """
     totals: dict[tuple[str, LabelKey], Series] = {}
+    workers = list(workers)
     series_lists = [w.series for w in workers]
+    # A gauge is a reading of a running process: dead and closed workers'
+    # last readings (in flight, memory) are not part of the present.
+    stale = {id(w.series) for w in workers if w.state in ("dead", "closed")}
     if archive is not None:
         series_lists.append(archive.series)
     for series_list in series_lists:
+        past = id(series_list) in stale
         for s in series_list:
-            if s.kind == "text":
+            if s.kind == "text" or (past and s.kind == "gauge"):
                 continue
             key = s.key
             have = totals.get(key)
@@ -706,7 +731,9 @@ def aggregate(workers: Iterable[Worker], archive: Archive | None = None) -> dict
                     value = s.value.copy()
                 elif s.kind == "gauge":
                     value = GaugeTotal(s.value, s.value, s.value, 1)
-                totals[key] = Series(s.name, s.kind, s.help, s.unit, dict(s.labels), value)
+                totals[key] = Series(
+                    s.name, s.kind, s.help, s.unit, dict(s.labels), value
+                )
             elif have.kind != s.kind:
                 continue  # a name reused with another kind: keep the first
             elif s.kind == "histogram":
@@ -723,6 +750,17 @@ def aggregate(workers: Iterable[Worker], archive: Archive | None = None) -> dict
             else:
                 have.value += s.value
     return totals
+
+
+_logged_bad: set[str] = set()
+
+
+def _log_bad_once(exc: CorruptFileError) -> None:
+    """Log a bad file once per process, not on every scan of a live view."""
+    key = str(exc)
+    if key not in _logged_bad and len(_logged_bad) < 10_000:
+        _logged_bad.add(key)
+        log.error("Skipped a bad stats file: %s", exc)
 
 
 def list_stats_files(directory: str) -> list[str]:
@@ -760,7 +798,7 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
                 if not os.path.lexists(full):
                     vanished = True
                     break
-                log.error("%s", exc)
+                _log_bad_once(exc)
                 bad.append(BadFile(full, exc.reason))
         if not vanished:
             if archive.error:

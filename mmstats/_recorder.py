@@ -47,6 +47,12 @@ def current_request() -> Request | None:
     return _current.get()
 
 
+def _path_bytes(path: str | bytes) -> bytes:
+    """Return the path without a query string: it may hold secrets."""
+    data = _encode(path)
+    return data.partition(b"?")[0] if b"?" in data else data
+
+
 def _encode(value: str | bytes | None) -> bytes:
     if value is None:
         return b""
@@ -287,7 +293,7 @@ class RequestRecorder:
     ) -> Request:
         """Begin recording a request; pair with :meth:`finish`.  Never raises."""
         try:
-            request = Request(self, _encode(method), _encode(path))
+            request = Request(self, _encode(method), _path_bytes(path))
         except Exception:
             log.exception("mmstats could not record the start of a request")
             request = Request(self, b"", b"")

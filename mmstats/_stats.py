@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from . import _format as F
 from ._writer import FileWriter, get_writer
@@ -267,7 +267,9 @@ class TextSeries(_Series):
     def __init__(self, *args: Any, max_bytes: int = DEFAULT_TEXT_BYTES, **kw: Any):
         super().__init__(*args, **kw)
         if not isinstance(max_bytes, int) or max_bytes < 1:
-            raise ValueError(f"Text max_bytes must be a positive int, not {max_bytes!r}")
+            raise ValueError(
+                f"Text max_bytes must be a positive int, not {max_bytes!r}"
+            )
         self._max = max_bytes
         self._params = {"text_max": max_bytes}
         self._payload = 8 * F.TEXT_DATA + F.round8(max_bytes)
@@ -343,7 +345,15 @@ class _Field:
 
     def make(self, stats: Stats, name: str) -> Any:
         if self.labelnames:
-            return Family(stats, self.kind, name, self.help, self.unit, self.labelnames, self.options)
+            return Family(
+                stats,
+                self.kind,
+                name,
+                self.help,
+                self.unit,
+                self.labelnames,
+                self.options,
+            )
         return stats._series(self.kind, name, self.help, self.unit, None, self.options)
 
 
@@ -479,7 +489,9 @@ class Stats:
         unit: str = "seconds",
     ) -> HistogramSeries:
         """Return the histogram ``name`` with these labels."""
-        series: HistogramSeries = self._series("histogram", name, help, unit, labels, {})
+        series: HistogramSeries = self._series(
+            "histogram", name, help, unit, labels, {}
+        )
         return series
 
     def text(
@@ -568,7 +580,7 @@ class Stats:
                 OVERFLOW,
             )
         dropped_key = ("mmstats_dropped_labels", (("metric", name),))
-        dropped = reg.series.get(dropped_key)
+        dropped = cast("CounterSeries | None", reg.series.get(dropped_key))
         if dropped is None:
             dropped = CounterSeries(
                 self._writer,

@@ -50,7 +50,12 @@ def resolve_directory(directory: str | os.PathLike[str] | None) -> tuple[str, bo
 
 def default_name() -> str:
     """Return the app name used in file names: ``MMSTATS_NAME`` or the program."""
-    name = os.environ.get("MMSTATS_NAME") or os.path.basename(sys.argv[0] or "python")
+    name = os.environ.get("MMSTATS_NAME")
+    if not name:
+        program = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+        name = os.path.basename(program)
+        if name == "__main__.py":  # python -m package: name the package
+            name = os.path.basename(os.path.dirname(program))
     return safe_name(name)
 
 
@@ -87,9 +92,7 @@ def ensure_directory(path: str, private: bool) -> None:
         if st.st_uid != uid:
             raise OSError(f"{path!r} is owned by uid {st.st_uid}, not {uid}")
         if st.st_mode & 0o077:
-            raise OSError(
-                f"{path!r} has mode {stat.S_IMODE(st.st_mode):o}, not 700"
-            )
+            raise OSError(f"{path!r} has mode {stat.S_IMODE(st.st_mode):o}, not 700")
     elif st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX and st.st_uid != uid:
         raise OSError(f"{path!r} is world-writable and owned by uid {st.st_uid}")
     if not os.access(path, os.W_OK | os.X_OK):
@@ -362,7 +365,9 @@ class FileWriter:
         log.debug("Grew stats file %s to %d bytes", self.path, self.file_size)
         return chunk
 
-    def metric_id(self, key: Any, kind: int, meta: dict[str, Any], **params: Any) -> int:
+    def metric_id(
+        self, key: Any, kind: int, meta: dict[str, Any], **params: Any
+    ) -> int:
         """Return the id of a metric in this file, writing its record once."""
         mid = self.metric_ids.get(key)
         if mid is not None:
@@ -397,7 +402,7 @@ class FileWriter:
         def fill(chunk: Any, off: int) -> None:
             chunk.b[off + 8 : off + 16] = F.CELL_FIXED.pack(0, 0, mid, tslot)[8:]
 
-        cell = self.allocate(F.R_CELL, F.CELL_PAYLOAD + payload, fill)
+        cell: Cell = self.allocate(F.R_CELL, F.CELL_PAYLOAD + payload, fill)
         if self.disabled is None:
             cell.byte += F.CELL_PAYLOAD
             cell.word += F.CELL_PAYLOAD // 8
@@ -440,7 +445,9 @@ _writers: dict[tuple[str, str], FileWriter] = {}
 _writers_lock = threading.Lock()
 
 
-def get_writer(directory: str | os.PathLike[str] | None, name: str | None) -> FileWriter:
+def get_writer(
+    directory: str | os.PathLike[str] | None, name: str | None
+) -> FileWriter:
     """Return the process's writer for a directory and app name, making it once."""
     path, private = resolve_directory(directory)
     key = (path, safe_name(name) if name else default_name())

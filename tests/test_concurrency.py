@@ -126,7 +126,7 @@ def test_thread_churn_reuses_records(stats_dir: Path) -> None:
         counter.incr()
         hist.observe(0.01)
 
-    for batch in range(1250):
+    for _batch in range(1250):
         threads = [threading.Thread(target=work) for _ in range(8)]
         for t in threads:
             t.start()
@@ -156,7 +156,9 @@ def fork_and_run(child: object) -> int:
 
 
 class TestFork:
-    def test_child_writes_its_own_file_and_inherits_no_counts(self, stats_dir: Path) -> None:
+    def test_child_writes_its_own_file_and_inherits_no_counts(
+        self, stats_dir: Path
+    ) -> None:
         """After fork the child starts a new file at zero; the parent's is untouched."""
         stats = mmstats.Stats(stats_dir, "fork")
         counter = stats.counter("hits")
@@ -227,7 +229,9 @@ class TestFork:
         finally:
             release.set()
             thread.join()
-        children = [w for w in mmstats.read_directory(stats_dir).workers if w.pid != os.getpid()]
+        children = [
+            w for w in mmstats.read_directory(stats_dir).workers if w.pid != os.getpid()
+        ]
         assert [c.value("new_metric") for c in children] == [1]
 
 

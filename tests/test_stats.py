@@ -31,7 +31,9 @@ def only_worker(directory: Path) -> mmstats.Worker:
     return worker
 
 
-def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
@@ -86,7 +88,9 @@ class TestFields:
     def test_counter_refuses_to_decrease(self, stats_dir: Path) -> None:
         """A counter never goes down: a negative increment is a ValueError."""
         stats = mmstats.Stats(stats_dir, "neg")
-        with pytest.raises(ValueError, match=r"Counter 'c' cannot decrease: incr\(-1\)"):
+        with pytest.raises(
+            ValueError, match=r"Counter 'c' cannot decrease: incr\(-1\)"
+        ):
             stats.counter("c").incr(-1)
 
     def test_counter_takes_integers_only(self, stats_dir: Path) -> None:
@@ -99,7 +103,9 @@ class TestFields:
         """One name is one kind of metric in a file."""
         stats = mmstats.Stats(stats_dir, "kinds")
         stats.counter("x").incr()
-        with pytest.raises(ValueError, match="'x' is a counter; it cannot also be a gauge"):
+        with pytest.raises(
+            ValueError, match="'x' is a counter; it cannot also be a gauge"
+        ):
             stats.gauge("x")
 
     def test_text_is_cut_at_a_character_boundary(self, stats_dir: Path) -> None:
@@ -110,7 +116,9 @@ class TestFields:
         stats.version.set("€€€")  # three bytes each: two fit in 8
         assert only_worker(stats_dir).value("version") == "€€"
 
-    def test_gauge_set_from_many_threads_keeps_the_last_value(self, stats_dir: Path) -> None:
+    def test_gauge_set_from_many_threads_keeps_the_last_value(
+        self, stats_dir: Path
+    ) -> None:
         """Setting a gauge from another thread replaces, not adds to, the value."""
         stats = mmstats.Stats(stats_dir, "gset")
         gauge = stats.gauge("g")
@@ -122,7 +130,9 @@ class TestFields:
         gauge.incr()
         assert only_worker(stats_dir).value("g") == 8
 
-    def test_histogram_time_as_context_manager_and_decorator(self, stats_dir: Path) -> None:
+    def test_histogram_time_as_context_manager_and_decorator(
+        self, stats_dir: Path
+    ) -> None:
         """time() observes elapsed seconds both ways."""
         stats = JobStats(stats_dir, "timer")
         with stats.runtime.time():
@@ -153,7 +163,9 @@ class TestLabelCap:
         assert worker.value("hits", {"user": "_overflow"}) == 7
         assert worker.total("hits") == 10
         assert worker.value("mmstats_dropped_labels", {"metric": "hits"}) == 7
-        warnings = [r for r in caplog.records if "cap of 3 label sets" in r.getMessage()]
+        warnings = [
+            r for r in caplog.records if "cap of 3 label sets" in r.getMessage()
+        ]
         assert len(warnings) == 1
 
     def test_default_cap_is_100(self, stats_dir: Path) -> None:
@@ -231,7 +243,8 @@ class TestFiles:
                 sys.executable,
                 "-c",
                 f"import mmstats, sys, time\n"
-                f"mmstats.Stats({os.fspath(stats_dir)!r}, 'crash').counter('c').incr(5)\n"
+                f"stats = mmstats.Stats({os.fspath(stats_dir)!r}, 'crash')\n"
+                f"stats.counter('c').incr(5)\n"
                 f"print('ready', flush=True)\n"
                 f"time.sleep(60)\n",
             ],

@@ -48,7 +48,9 @@ def write(out: Path) -> None:
     stats.histogram("rows", "Rows per job", unit="count").observe(42)
     stats.text("version", "Deployed version", max_bytes=16).set("v1.2.3-ü")
 
-    recorder = mmstats.RequestRecorder(directory, "golden", slow_seconds=0, slow_log_size=2)
+    recorder = mmstats.RequestRecorder(
+        directory, "golden", slow_seconds=0, slow_log_size=2
+    )
     done = recorder.start("GET", "/orders/42", "shop.views.order")
     recorder_module.record_query(0.125)
     recorder.finish(done, 200)

@@ -1,0 +1,145 @@
+"""The file format is pinned by a golden file and read back exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mmstats
+from mmstats import _format as F
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+class TestGolden:
+    def test_golden_file_reads_to_its_pinned_values(self) -> None:
+        """Format 1's golden file gives these exact values (docs/FORMAT.md)."""
+        worker = mmstats.read_file(GOLDEN / "v1.mmstats")
+        assert (worker.pid, worker.version, worker.state) == (12345, 1, "closed")
+        assert worker.hostname == "golden-host"
+        assert worker.command == "gunicorn: worker [golden]"
+        assert worker.name == "golden"
+        assert (worker.start_time, worker.created) == (1_699_999_000.0, 1_699_999_500.0)
+        assert worker.closed_at == 1_700_000_100.0
+        assert worker.heartbeat == 1_700_000_001.25
+        assert worker.value("jobs", {"queue": "mail"}) == 7
+        assert worker.find("jobs", {"queue": "mail"}).help == "Jobs done"
+        assert worker.value("temperature") == 21.5
+        runtime = worker.value("runtime")
+        assert (runtime.count, runtime.sum) == (5, 7201.753002)
+        assert runtime.buckets == {10: 1, 105: 1, 162: 1, 185: 1, 295: 1}
+        rows = worker.value("rows")
+        assert (rows.lo, rows.integer, rows.buckets) == (0.5, True, {58: 1})
+        assert rows.quantile(0.5) == 42
+        assert worker.value("version") == "v1.2.3-ü"
+        assert worker.value("requests") == 1
+        assert worker.value("responses", {"class": "2xx"}) == 1
+        assert worker.value("db_queries").sum == 1.0
+        assert worker.value("memory_rss_bytes") == 50 * 1024 * 1024
+        [slot] = worker.slots
+        assert (slot.method, slot.path, slot.view, slot.thread) == (
+            "POST",
+            "/cart/add",
+            "shop.views.cart_add",
+            777,
+        )
+        [entry] = worker.slow
+        assert (entry.method, entry.path, entry.view, entry.status) == (
+            "GET",
+            "/orders/42",
+            "shop.views.order",
+            200,
+        )
+        assert (entry.duration, entry.queries, entry.db_seconds) == (0.25, 1, 0.125)
+        assert (entry.start, entry.end) == (1_700_000_001.0, 1_700_000_001.25)
+
+    def test_writer_still_writes_the_golden_bytes(self, tmp_path: Path) -> None:
+        """The same writes give the same bytes: a change needs a version bump."""
+        out = tmp_path / "again.mmstats"
+        subprocess.run(
+            [sys.executable, os.fspath(GOLDEN / "make_golden.py"), os.fspath(out)],
+            check=True,
+            timeout=60,
+        )
+        assert out.read_bytes() == (GOLDEN / "v1.mmstats").read_bytes()
+
+    def test_header_offsets_match_the_documented_layout(self) -> None:
+        """Offsets are 8-byte aligned and the header fits its 4096 bytes."""
+        scalars = [F.H_USED, F.H_PID, F.H_START_TICKS, F.H_START_TIME, F.H_CREATED]
+        scalars += [F.H_CLOSED, F.H_CLOSED_AT, F.H_HEARTBEAT, F.H_PIDNS, F.H_FLAGS]
+        assert all(offset % 8 == 0 for offset in scalars)
+        assert F.H_END <= F.HEADER_SIZE
+        assert F.SLOT_SIZE % 8 == 0 and F.ENTRY_SIZE % 8 == 0
+
+
+names = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
+label_values = st.text(max_size=12)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("counter"), names, label_values, st.integers(0, 2**40)),
+        st.tuples(st.just("gauge"), names, label_values, st.floats(-1e12, 1e12)),
+        st.tuples(
+            st.just("histogram"),
+            names,
+            label_values,
+            st.floats(0, 1e5, allow_nan=False),
+        ),
+        st.tuples(st.just("text"), names, label_values, st.text(max_size=40)),
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=operations)
+def test_random_writes_read_back_exactly(
+    ops: list[tuple[str, str, str, object]],
+) -> None:
+    """Whatever is written, in whatever order, is read back exactly."""
+    directory = tempfile.mkdtemp(prefix="mmstats-prop-")
+    stats = mmstats.Stats(directory, "prop")
+    expected: dict[tuple[str, str], object] = {}
+    kinds: dict[str, str] = {}
+    for kind, name, label, value in ops:
+        name = f"{kind}_{name}"
+        kinds[name] = kind
+        key = (name, label)
+        labels = {"l": label}
+        if kind == "counter":
+            stats.counter(name, labels=labels).incr(value)  # type: ignore[arg-type]
+            expected[key] = int(expected.get(key, 0)) + value  # type: ignore[call-overload]
+        elif kind == "gauge":
+            stats.gauge(name, labels=labels).set(value)  # type: ignore[arg-type]
+            expected[key] = value
+        elif kind == "histogram":
+            stats.histogram(name, labels=labels).observe(value)  # type: ignore[arg-type]
+            got = expected.setdefault(key, [])
+            got.append(value)  # type: ignore[attr-defined]
+        else:
+            stats.text(name, labels=labels, max_bytes=64).set(value)  # type: ignore[arg-type]
+            expected[key] = value
+    if not expected:
+        return
+
+    worker = mmstats.read_file(stats.path or "")
+    for (name, label), value in expected.items():
+        read = worker.value(name, {"l": label})
+        if kinds[name] == "histogram":
+            values: list[float] = value  # type: ignore[assignment]
+            assert read.count == len(values)
+            assert read.sum == pytest.approx(sum(values), rel=1e-12, abs=1e-12)
+            for v in values:
+                assert F.bucket_index(read.lo, v) in read.buckets
+        else:
+            assert read == value
