@@ -8,6 +8,7 @@ its own; readers in other processes show every worker at once.
 from __future__ import annotations
 
 from ._archive import CleanResult, clean
+from ._exporter import MetricsApp, exposition, scrape
 from ._reader import (
     BadFile,
     GaugeTotal,
@@ -58,6 +59,7 @@ __all__ = [
     "Histogram",
     "HistogramSeries",
     "HistogramValue",
+    "MetricsApp",
     "MmstatsError",
     "RequestRecorder",
     "Series",
@@ -74,8 +76,10 @@ __all__ = [
     "current_request",
     "default_directory",
     "exception_name",
+    "exposition",
     "read_directory",
     "read_file",
     "record_query",
     "resolve_directory",
+    "scrape",
 ]

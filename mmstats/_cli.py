@@ -595,6 +595,50 @@ def dump(app: CliContext, path: str, file: str, wide: bool) -> None:
     app.console(wide).print(dump_view(worker, time.time()))
 
 
+@cli.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9301",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to serve on; loopback unless told otherwise.",
+)
+@click.option(
+    "--prefix",
+    default="mmstats_",
+    show_default=True,
+    help="Prefix of every exported metric name.",
+)
+@_common
+def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
+    """Serve /metrics (Prometheus) and /api/json over HTTP.
+
+    Counters and histograms are summed over every worker and the archive;
+    gauges are given per live worker.  Runs until interrupted.
+    """
+    from ._serve import make_stats_server, parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        server = make_stats_server(host, port, path, prefix)
+    except OSError as exc:
+        raise click.UsageError(
+            f"cannot listen on {listen}: {exc.strerror or exc}; pass --listen "
+            "HOST:PORT with a free port.",
+        ) from None
+    app.err.write(f"Serving {path} on http://{listen}/metrics (Ctrl-C stops)\n")
+    app.err.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # -- entry points -------------------------------------------------------------
 
 

@@ -96,6 +96,7 @@ class Request:
         "status",
         "exception",
         "finished",
+        "ignored",
     )
 
     def __init__(self, recorder: RequestRecorder, method: bytes, path: bytes) -> None:
@@ -114,6 +115,7 @@ class Request:
         self.status = 0
         self.exception: str | None = None
         self.finished = False
+        self.ignored = False
 
     def add_query(self, seconds: float) -> None:
         """Count one query of ``seconds``; shown live in the request's slot."""
@@ -123,6 +125,10 @@ class Request:
         if slot is not None:
             slot.q[slot.word + F.S_QUERIES] = self.queries
             slot.d[slot.word + F.S_DB_SECONDS] = self.db_seconds
+
+    def ignore(self) -> None:
+        """Leave this request out of the metrics (the stats endpoints' own)."""
+        self.ignored = True
 
     def set_exception(self, exception: BaseException) -> None:
         """Note the unhandled exception this request ended with."""
@@ -364,6 +370,8 @@ class RequestRecorder:
             request._slot = None
             slot.q[slot.word + F.S_STATE] = 0
             self._free_slots.append(slot)
+        if request.ignored:
+            return
 
         self.requests.incr()
         responses = self.responses.get(_status_class(status))

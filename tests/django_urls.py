@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from . import django_views as views
 
@@ -26,4 +26,5 @@ urlpatterns = [
     path("items/<int:pk>/", views.ItemView.as_view()),
     path("mw-raise/", views.ok),
     path("mw-early/", views.ok),
+    path("stats/", include("mmstats_django.urls")),
 ]

@@ -16,12 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,158 +27,19 @@ import pytest
 import mmstats
 from mmstats._cli import EXIT_BAD_FILES, EXIT_DIRECTORY, EXIT_EMPTY, CliContext, run
 from mmstats._render import clean_text
-
-ROOT = Path(__file__).resolve().parent.parent
-
-WORKER = textwrap.dedent(
-    """
-    import json, sys, mmstats
-    plan = json.loads(sys.argv[-1])
-    recorder = mmstats.RequestRecorder(plan["dir"], plan["name"], slow_seconds=0)
-    for method, path, view, status, queries, fails in plan["requests"]:
-        request = recorder.start(method, path, view)
-        for _ in range(queries):
-            mmstats.record_query(0.001)
-        recorder.finish(request, status, ValueError("boom") if fails else None)
-    if plan["hold"]:
-        method, path, view, queries = plan["hold"]
-        request = recorder.start(method, path, view)
-        for _ in range(queries):
-            mmstats.record_query(0.001)
-    print("ready", flush=True)
-    if plan["block"]:
-        sys.stdin.read()
-    """
+from tests.workers import (
+    ALIVE_REQUESTS,
+    CLOSED_REQUESTS,
+    HOSTILE_ARG,
+    HOSTILE_PATH,
+    HOSTILE_VIEW,
+    KILLED_REQUESTS,
+    ROOT,
+    Workers,
+    finish,
+    populate,
+    start_worker,
 )
-
-HOSTILE_VIEW = "[bold]v[/bold]<script>\x1b[31m\n"
-HOSTILE_PATH = "/h/\x1b[31mred\x1b[0m\n[bold]b[/bold]<script>x</script>" + "A" * 10_000
-HOSTILE_ARG = "\x1b[2J\x1b]0;owned\x07[red]arg[/red]"
-# (method, path, view, status, queries, raises)
-ALIVE_REQUESTS = [
-    ("GET", "/items/", "shop.items", 200, 2, False),
-    ("GET", "/items/", "shop.items", 200, 2, False),
-    ("GET", "/items/", "shop.items", 200, 2, False),
-    ("POST", "/items/", "shop.create", 302, 3, False),
-    ("GET", "/missing", None, 404, 0, False),
-    ("GET", "/missing", None, 404, 0, False),
-    ("GET", "/boom", "shop.boom", 500, 0, True),
-]
-KILLED_REQUESTS = [("GET", "/b/", "shop.b", 200, 1, False)] * 2
-CLOSED_REQUESTS = [("GET", "/c/", "shop.c", 200, 0, False)] * 4 + [
-    ("GET", "/c/fail", "shop.c", 503, 0, False)
-]
-HOSTILE_REQUESTS = [("GET", HOSTILE_PATH, HOSTILE_VIEW, 200, 0, False)]
-
-
-# -- real workers -------------------------------------------------------------
-
-
-@dataclass
-class Workers:
-    """A stats directory and the pids of the workers that wrote it."""
-
-    directory: Path
-    script: Path
-    pids: dict[str, int] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-
-
-def start_worker(
-    workers: Workers,
-    role: str,
-    requests: list[tuple[Any, ...]],
-    hold: tuple[Any, ...] | None = None,
-    block: bool = False,
-    extra: tuple[str, ...] = (),
-) -> subprocess.Popen[str]:
-    """Run a worker that records ``requests``, then holds one or exits."""
-    plan = {
-        "dir": os.fspath(workers.directory),
-        "name": role,
-        "requests": requests,
-        "hold": hold,
-        "block": block,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, os.fspath(workers.script), *extra, json.dumps(plan)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    workers.procs.append(proc)
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == "ready\n"
-    workers.pids[role] = proc.pid
-    [path] = workers.directory.glob(f"{role}.{proc.pid}.*.mmstats")
-    workers.files[role] = path
-    return proc
-
-
-def kill(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL a worker and reap it, so its pid no longer looks alive."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-def finish(proc: subprocess.Popen[str]) -> None:
-    """Let a worker exit cleanly (it closes its file at exit)."""
-    if proc.stdin is not None:
-        proc.stdin.close()
-    proc.wait(timeout=30)
-
-
-def populate(directory: Path, script: Path, hostile: bool = True) -> Workers:
-    """Write a directory with an alive, a killed and a closed worker."""
-    workers = Workers(directory, script)
-    start_worker(
-        workers, "alive", ALIVE_REQUESTS, ("GET", "/busy/", "shop.busy", 2), block=True
-    )
-    killed = start_worker(
-        workers,
-        "killed",
-        KILLED_REQUESTS,
-        ("POST", "/checkout/42", "shop.checkout", 3),
-        block=True,
-    )
-    kill(killed)
-    finish(start_worker(workers, "closed", CLOSED_REQUESTS))
-    if hostile:
-        finish(start_worker(workers, "hostile", HOSTILE_REQUESTS, extra=(HOSTILE_ARG,)))
-    return workers
-
-
-@pytest.fixture(scope="module")
-def worker_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The worker program, in a file so that its command line stays short."""
-    path = tmp_path_factory.mktemp("worker") / "worker.py"
-    path.write_text(WORKER)
-    return path
-
-
-@pytest.fixture(scope="module")
-def populated(
-    tmp_path_factory: pytest.TempPathFactory, worker_script: Path
-) -> Iterator[Workers]:
-    """A stats directory shared by the read-only tests of this module."""
-    directory = tmp_path_factory.mktemp("cli") / "stats"
-    directory.mkdir(mode=0o700)
-    workers = populate(directory, worker_script)
-    try:
-        yield workers
-    finally:
-        workers.stop()
 
 
 def mmstats_cli(

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 
 from mmstats_flask import MmStats
+from mmstats_flask.blueprint import make_blueprint
 
 from . import db, views
 from .seed import seed_command, seed_database
@@ -40,6 +41,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     app.register_blueprint(views.bp)
+    # Every worker's stats for Prometheus, at /stats/metrics.
+    app.register_blueprint(make_blueprint(), url_prefix="/stats")
     app.cli.add_command(seed_command)
     MmStats().init_app(app)
     return app

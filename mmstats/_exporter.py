@@ -1,0 +1,295 @@
+"""Prometheus exposition of a stats directory, and the WSGI app that serves it.
+
+Counters and histograms are summed over every worker of the directory and
+the archive of cleaned ones, so they never go backwards when workers are
+recycled; gauges are given per live worker (label ``pid``) and summed.
+The classic text format is served unless the scraper asks for OpenMetrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _format as F
+from ._reader import HistogramValue, Series, Snapshot, read_directory
+from .exceptions import MmstatsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "mmstats_"
+CLASSIC_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# One exported bucket for every 9 log buckets: 1.08 ** 9 = 2.0, so the le
+# bounds double from one to the next.
+BUCKET_STRIDE = 9
+LIVE_STATES = ("alive", "unknown")
+STATES = ("alive", "dead", "closed", "unknown")
+
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
+_LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def metric_name(prefix: str, name: str) -> str:
+    """Return a valid Prometheus metric name for a stats name."""
+    full = _NAME_BAD.sub("_", prefix + name)
+    return full if not full[:1].isdigit() else "_" + full
+
+
+def label_name(name: str) -> str:
+    """Return a valid Prometheus label name."""
+    clean = _LABEL_BAD.sub("_", name) or "_"
+    if clean[:1].isdigit() or clean.startswith("__"):
+        clean = "_" + clean.lstrip("_")
+    return clean
+
+
+def escape_label(value: str) -> str:
+    """Escape a label value: backslash, double quote and newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(value: str) -> str:
+    """Escape HELP text: backslash and newline."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    """Format a sample value the way both text formats accept."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value)) + ".0"
+    return repr(value)
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    body = ",".join(f'{label_name(k)}="{escape_label(v)}"' for k, v in pairs)
+    return "{" + body + "}" if body else ""
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """Return whether an Accept header asks for OpenMetrics."""
+    return bool(accept) and "application/openmetrics-text" in (accept or "")
+
+
+class _Writer:
+    """Collects exposition lines for one format."""
+
+    def __init__(self, openmetrics: bool) -> None:
+        self.openmetrics = openmetrics
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help: str, unit: str = "") -> str:
+        """Write HELP and TYPE; return the name its samples use.
+
+        A counter's samples end in ``_total``; its family name does too in
+        the classic format but not in OpenMetrics.
+        """
+        family = name
+        if kind == "counter":
+            base = name.removesuffix("_total")
+            family = base if self.openmetrics else base + "_total"
+        text = escape_help(help or name)
+        if self.openmetrics:
+            text = text.replace('"', '\\"')
+        self.lines.append(f"# HELP {family} {text}")
+        self.lines.append(f"# TYPE {family} {kind}")
+        if self.openmetrics and unit and family.endswith("_" + unit):
+            self.lines.append(f"# UNIT {family} {unit}")
+        return family + "_total" if kind == "counter" and self.openmetrics else family
+
+    def sample(
+        self, name: str, labels: Iterable[tuple[str, str]], value: float
+    ) -> None:
+        self.lines.append(f"{name}{_labels(labels)} {format_value(value)}")
+
+    def text(self) -> bytes:
+        if self.openmetrics:
+            self.lines.append("# EOF")
+        return ("\n".join(self.lines) + "\n").encode("utf-8", "backslashreplace")
+
+
+def _nbuckets(hist: HistogramValue) -> int:
+    """Return the bucket count of a histogram's scheme, known from its lo."""
+    lo, hi = F.SECONDS_RANGE if hist.lo == F.SECONDS_RANGE[0] else F.COUNT_RANGE
+    if hist.lo != lo:
+        hi = hist.lo * 1e7
+    return F.bucket_count(hist.lo, hi)
+
+
+def _histogram(w: _Writer, family: str, s: Series) -> None:
+    """Write every ninth log bucket as an ``le`` bucket, then count and sum."""
+    hist: HistogramValue = s.value
+    labels = sorted(s.labels.items())
+    last = _nbuckets(hist) - 2  # the final bucket also holds everything above
+    filled = sorted(hist.buckets.items())
+    i = cumulative = 0
+    for k in range(0, last + 1, BUCKET_STRIDE):
+        while i < len(filled) and filled[i][0] <= k:
+            cumulative += filled[i][1]
+            i += 1
+        le = format_value(hist.bounds(k)[1])
+        w.sample(family + "_bucket", [*labels, ("le", le)], cumulative)
+    w.sample(family + "_bucket", [*labels, ("le", "+Inf")], hist.count)
+    w.sample(family + "_count", labels, hist.count)
+    w.sample(family + "_sum", labels, hist.sum)
+
+
+def render(
+    snapshot: Snapshot | None,
+    *,
+    openmetrics: bool = False,
+    prefix: str = DEFAULT_PREFIX,
+    error: str | None = None,
+) -> bytes:
+    """Return the exposition of a snapshot in the classic or OpenMetrics format.
+
+    ``snapshot`` is None when the directory could not be read; ``error``
+    then says why, and the exposition holds only the scrape error gauge.
+    """
+    w = _Writer(openmetrics)
+    if snapshot is not None:
+        _render_totals(w, snapshot, prefix)
+        _render_gauges(w, snapshot, prefix)
+        _render_workers(w, snapshot, prefix)
+
+    name = w.family(
+        prefix + "scrape_error",
+        "gauge",
+        "1 if the stats directory could not be read; the error label says why",
+    )
+    w.sample(name, [("error", error)] if error else [], 1 if error else 0)
+    return w.text()
+
+
+def _render_totals(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
+    by_name: dict[str, list[Series]] = {}
+    for s in snapshot.totals().values():
+        if s.kind in ("counter", "histogram"):
+            by_name.setdefault(s.name, []).append(s)
+    for name in sorted(by_name):
+        group = sorted(by_name[name], key=lambda s: sorted(s.labels.items()))
+        first = group[0]
+        unit = first.unit if first.kind == "histogram" else ""
+        family = w.family(metric_name(prefix, name), first.kind, first.help, unit)
+        for s in group:
+            if s.kind == "counter":
+                w.sample(family, sorted(s.labels.items()), s.value)
+            else:
+                _histogram(w, family, s)
+
+
+def _render_gauges(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
+    live = [wk for wk in snapshot.workers if wk.state in LIVE_STATES]
+    by_name: dict[str, list[tuple[int, Series]]] = {}
+    for worker in live:
+        for s in worker.series:
+            if s.kind == "gauge":
+                by_name.setdefault(s.name, []).append((worker.pid, s))
+    for name in sorted(by_name):
+        rows = sorted(by_name[name], key=lambda r: (sorted(r[1].labels.items()), r[0]))
+        family = w.family(metric_name(prefix, name), "gauge", rows[0][1].help)
+        sums: dict[tuple[tuple[str, str], ...], float] = {}
+        for pid, s in rows:
+            labels = sorted(s.labels.items())
+            w.sample(family, [*labels, ("pid", str(pid))], s.value)
+            key = tuple(labels)
+            sums[key] = sums.get(key, 0.0) + s.value
+        total = w.family(
+            family + "_workers_sum",
+            "gauge",
+            f"{rows[0][1].help or name}, summed over live workers",
+        )
+        for labels_key, value in sorted(sums.items()):
+            w.sample(total, list(labels_key), value)
+
+
+def _render_workers(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
+    states = {state: 0 for state in STATES}
+    for worker in snapshot.workers:
+        states[worker.state] = states.get(worker.state, 0) + 1
+    family = w.family(prefix + "workers", "gauge", "Stats files by worker state")
+    for state, n in sorted(states.items()):
+        w.sample(family, [("state", state)], n)
+    family = w.family(
+        prefix + "archived_workers", "gauge", "Workers folded into the archive by clean"
+    )
+    w.sample(family, [], snapshot.archive.workers)
+    family = w.family(
+        prefix + "unreadable_files", "gauge", "Files skipped as unreadable"
+    )
+    w.sample(family, [], len(snapshot.bad))
+
+
+def scrape(
+    directory: str | os.PathLike[str] | None,
+    *,
+    openmetrics: bool = False,
+    prefix: str = DEFAULT_PREFIX,
+) -> bytes:
+    """Read a directory and return its exposition; never raises for a bad one."""
+    try:
+        snapshot = read_directory(directory)
+    except MmstatsError as exc:
+        return render(None, openmetrics=openmetrics, prefix=prefix, error=str(exc))
+    except Exception as exc:  # a scrape must always answer
+        log.exception("mmstats could not read %r for a scrape", directory)
+        return render(
+            None,
+            openmetrics=openmetrics,
+            prefix=prefix,
+            error=f"internal error: {exc!r}",
+        )
+    return render(snapshot, openmetrics=openmetrics, prefix=prefix)
+
+
+def exposition(
+    directory: str | os.PathLike[str] | None,
+    accept: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+) -> tuple[bytes, str]:
+    """Return the body and content type answering a scrape with ``accept``."""
+    openmetrics = wants_openmetrics(accept)
+    body = scrape(directory, openmetrics=openmetrics, prefix=prefix)
+    return body, OPENMETRICS_TYPE if openmetrics else CLASSIC_TYPE
+
+
+StartResponse = Callable[..., Any]
+
+
+class MetricsApp:
+    """A WSGI app serving ``/metrics`` for a stats directory.
+
+    Mount it anywhere; it answers every path with the exposition.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self.directory = directory
+        self.prefix = prefix
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> list[bytes]:
+        body, content_type = exposition(
+            self.directory, environ.get("HTTP_ACCEPT"), self.prefix
+        )
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        start_response("200 OK", headers)
+        return [body]

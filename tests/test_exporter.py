@@ -1,0 +1,254 @@
+"""The Prometheus exposition of a directory written by real workers (#6)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_classic
+from werkzeug.test import Client
+
+import mmstats
+from mmstats_flask import MmStats
+from mmstats_flask.blueprint import make_blueprint
+from tests.workers import (
+    ALIVE_REQUESTS,
+    CLOSED_REQUESTS,
+    HOSTILE_REQUESTS,
+    HOSTILE_VIEW,
+    KILLED_REQUESTS,
+    Workers,
+    populate,
+)
+
+ALL_REQUESTS = ALIVE_REQUESTS + KILLED_REQUESTS + CLOSED_REQUESTS + HOSTILE_REQUESTS
+
+
+def samples(text: str, openmetrics: bool = False) -> dict[tuple[str, Any], float]:
+    """Parse an exposition with prometheus_client: {(name, labels): value}."""
+    parse = parse_openmetrics if openmetrics else parse_classic
+    found: dict[tuple[str, Any], float] = {}
+    for family in parse(text):
+        for s in family.samples:
+            found[(s.name, frozenset(s.labels.items()))] = s.value
+    return found
+
+
+def value(found: dict[tuple[str, Any], float], name: str, **labels: str) -> float:
+    return found[(name, frozenset(labels.items()))]
+
+
+def totals(found: dict[tuple[str, Any], float]) -> dict[tuple[str, Any], float]:
+    """Keep the counter and histogram samples: the totals over all workers."""
+    return {
+        k: v
+        for k, v in found.items()
+        if k[0].endswith(("_total", "_bucket", "_count", "_sum"))
+        and not k[0].endswith("_workers_sum")
+    }
+
+
+@pytest.fixture(scope="module")
+def exposed(populated: Workers) -> dict[tuple[str, Any], float]:
+    return samples(mmstats.scrape(populated.directory).decode())
+
+
+class TestContent:
+    def test_counters_are_summed_over_all_workers(
+        self, exposed: dict[tuple[str, Any], float]
+    ) -> None:
+        """Requests and responses by class are the exact sums of what was written."""
+        assert value(exposed, "mmstats_requests_total") == len(ALL_REQUESTS)
+        for cls in ("2xx", "3xx", "4xx", "5xx"):
+            expected = sum(1 for r in ALL_REQUESTS if f"{r[3] // 100}xx" == cls)
+            assert (
+                value(exposed, "mmstats_responses_total", **{"class": cls}) == expected
+            )
+        assert value(exposed, "mmstats_exceptions_total", exception="ValueError") == 1
+
+    def test_histograms_have_cumulative_buckets_and_exact_sum_and_count(
+        self, exposed: dict[tuple[str, Any], float]
+    ) -> None:
+        """le buckets rise to +Inf, which equals _count; _sum is exact."""
+        queries = sum(r[4] for r in ALL_REQUESTS)
+        assert value(exposed, "mmstats_db_queries_count") == len(ALL_REQUESTS)
+        assert value(exposed, "mmstats_db_queries_sum") == queries
+        buckets = sorted(
+            (float(dict(labels)["le"]), v)
+            for (name, labels), v in exposed.items()
+            if name == "mmstats_request_seconds_bucket"
+        )
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts)
+        assert buckets[-1] == (float("inf"), len(ALL_REQUESTS))
+        assert 30 <= len(buckets) <= 45
+
+    def test_gauges_are_per_live_worker_and_summed(
+        self, populated: Workers, exposed: dict[tuple[str, Any], float]
+    ) -> None:
+        """Only the live worker's gauges appear, with a pid label, and a sum."""
+        alive = str(populated.pids["alive"])
+        assert value(exposed, "mmstats_in_flight", pid=alive) == 1
+        assert value(exposed, "mmstats_in_flight_workers_sum") == 1
+        pids = {
+            dict(labels)["pid"]
+            for (name, labels), _ in exposed.items()
+            if name == "mmstats_memory_rss_bytes"
+        }
+        assert pids == {alive}
+
+    def test_workers_by_state_and_unreadable_files(
+        self, exposed: dict[tuple[str, Any], float]
+    ) -> None:
+        """Workers are counted by state; no file was skipped."""
+        states = {"alive": 1, "dead": 1, "closed": 2, "unknown": 0}
+        for state, n in states.items():
+            assert value(exposed, "mmstats_workers", state=state) == n
+        assert value(exposed, "mmstats_unreadable_files") == 0
+        assert value(exposed, "mmstats_scrape_error") == 0
+
+    def test_hostile_label_values_survive_escaping(
+        self, exposed: dict[tuple[str, Any], float]
+    ) -> None:
+        """A view with quotes, newline, escapes and markup parses back intact."""
+        views = {
+            dict(labels)["view"]
+            for (name, labels), _ in exposed.items()
+            if name == "mmstats_view_requests_total"
+        }
+        assert HOSTILE_VIEW in views
+        assert value(exposed, "mmstats_view_requests_total", view=HOSTILE_VIEW) == 1
+
+    def test_openmetrics_parses_to_the_same_values(self, populated: Workers) -> None:
+        """The OpenMetrics form has the same samples and ends with # EOF."""
+        text = mmstats.scrape(populated.directory, openmetrics=True).decode()
+        assert text.endswith("# EOF\n")
+        assert "# TYPE mmstats_requests counter" in text
+        found = samples(text, openmetrics=True)
+        assert value(found, "mmstats_requests_total") == len(ALL_REQUESTS)
+        assert value(found, "mmstats_db_queries_count") == len(ALL_REQUESTS)
+
+
+class TestCounterNeverGoesBackwards:
+    def test_clean_keeps_every_counter_and_histogram(
+        self, stats_dir: Path, worker_script: Path
+    ) -> None:
+        """Folding dead and closed workers into the archive changes no total."""
+        workers = populate(stats_dir, worker_script, hostile=False)
+        try:
+            before = samples(mmstats.scrape(stats_dir).decode())
+            result = mmstats.clean(os.fspath(stats_dir))
+            assert len(result.folded) == 2
+            after = samples(mmstats.scrape(stats_dir).decode())
+        finally:
+            workers.stop()
+        states = ("mmstats_workers", "mmstats_archived_workers")
+        kept = [k for k in before if not k[0].startswith(states)]
+        kept = [
+            k for k in kept if "pid" not in dict(k[1]) and "_workers_sum" not in k[0]
+        ]
+        changed = {
+            k: (before[k], after.get(k)) for k in kept if before[k] != after.get(k)
+        }
+        assert changed == {}
+        assert value(after, "mmstats_archived_workers") == 2
+
+
+class TestHttp:
+    def test_metrics_app_negotiates_the_format(self, populated: Workers) -> None:
+        """The classic format by default, OpenMetrics when Accept asks for it."""
+        client = Client(mmstats.MetricsApp(populated.directory))
+        classic = client.get("/metrics")
+        assert classic.status_code == 200
+        assert classic.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        om = client.get(
+            "/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+        )
+        assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert om.get_data(as_text=True).endswith("# EOF\n")
+
+    @pytest.mark.parametrize("case", ["missing", "file", "bad-files-only"])
+    def test_broken_directory_is_a_200_with_an_error_gauge(
+        self, tmp_path: Path, case: str
+    ) -> None:
+        """A missing, wrong or rotten directory still answers 200, with a reason."""
+        directory = tmp_path / "stats"
+        if case == "file":
+            directory.write_text("not a directory")
+        elif case == "bad-files-only":
+            directory.mkdir()
+            (directory / "x.1.a.mmstats").write_bytes(b"garbage" * 1000)
+        response = Client(mmstats.MetricsApp(directory)).get("/metrics")
+        assert response.status_code == 200
+        found = samples(response.get_data(as_text=True))
+        if case == "bad-files-only":
+            assert value(found, "mmstats_unreadable_files") == 1
+            assert value(found, "mmstats_scrape_error") == 0
+        else:
+            [(key, v)] = [
+                (k, v) for k, v in found.items() if k[0] == "mmstats_scrape_error"
+            ]
+            assert v == 1
+            assert os.fspath(directory) in dict(key[1])["error"]
+
+    def test_serve_binds_loopback_by_default(self) -> None:
+        """mmstats serve listens on 127.0.0.1 unless --listen says otherwise."""
+        from mmstats._cli import cli
+
+        listen = next(p for p in cli.commands["serve"].params if p.name == "listen")
+        assert listen.default == "127.0.0.1:9301"
+
+
+class TestInApp:
+    @pytest.fixture
+    def flask_app(self, stats_dir: Path) -> Iterator[Flask]:
+        app = Flask("exporter_test")
+        app.config.update(MMSTATS_DIR=os.fspath(stats_dir), MMSTATS_NAME="flaskexp")
+        MmStats(app)
+        app.register_blueprint(make_blueprint(), url_prefix="/stats")
+
+        @app.route("/hello")
+        def hello() -> str:
+            return "hi"
+
+        yield app
+
+    def test_flask_blueprint_scrapes_show_the_same_totals(
+        self, flask_app: Flask
+    ) -> None:
+        """Scrapes are not counted, so repeated scrapes show the same totals."""
+        client = flask_app.test_client()
+        for _ in range(3):
+            with client.get("/hello") as response:
+                assert response.status_code == 200
+        scrapes = []
+        for _ in range(3):
+            with client.get("/stats/metrics") as response:
+                scrapes.append(totals(samples(response.get_data(as_text=True))))
+        assert scrapes[0] == scrapes[1] == scrapes[2]
+        assert scrapes[0][("mmstats_requests_total", frozenset())] == 3
+
+    def test_django_urlconf_serves_the_directory(
+        self, client: Any, settings: Any
+    ) -> None:
+        """mmstats_django.urls serves metrics of the configured directory."""
+        client.get("/ok/")
+        first = client.get("/stats/metrics")
+        second = client.get(
+            "/stats/metrics", HTTP_ACCEPT="application/openmetrics-text; version=1.0.0"
+        )
+        assert first.status_code == second.status_code == 200
+        classic = samples(first.content.decode())
+        om = samples(second.content.decode(), openmetrics=True)
+        assert value(classic, "mmstats_requests_total") >= 1
+        assert value(classic, "mmstats_requests_total") == value(
+            om, "mmstats_requests_total"
+        )
