@@ -157,3 +157,23 @@ def test_django_app_under_gunicorn(tmp_path: Path, stats_dir: Path) -> None:
     total = mmstats.aggregate(workers)
     view = ("view_requests", (("view", "tests.django_views.queries"),))
     assert total[view].value == 20
+
+
+def test_preloaded_master_stats_stay_out_of_the_workers(
+    stats_dir: Path, tmp_path: Path
+) -> None:
+    """A master that wrote before forking keeps its file; workers start at zero."""
+    env = {"MMSTATS_DIR": os.fspath(stats_dir)}
+    with gunicorn("tests.preload_app:app", tmp_path, env, "--preload") as base:
+        for _ in range(30):
+            assert fetch(f"{base}/")[0] == 200
+        live = mmstats.read_directory(stats_dir).workers
+        masters = [w for w in live if w.value("imports") == 1]
+        assert len(masters) == 1
+        assert masters[0].value("requests") is None
+
+    snapshot = mmstats.read_directory(stats_dir)
+    workers = [w for w in snapshot.workers if w.pid != masters[0].pid]
+    assert workers and all(w.value("imports") is None for w in workers)
+    assert sum(w.value("requests") for w in workers) == 30
+    assert sum(w.value("hellos") for w in workers) == 30
