@@ -617,7 +617,9 @@ class GunicornServer:
     def _wait_until_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        url = f"{self.base_url}/fast/"
+        # The in-app metrics endpoint is not counted in the stats, so the
+        # readiness probe does not add a request to what the demo shows.
+        url = f"{self.base_url}/stats/metrics"
 
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
