@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._archive import CleanResult, clean
 from ._exporter import MetricsApp, exposition, scrape
+from ._page import json_document, live_page
 from ._reader import (
     BadFile,
     GaugeTotal,
@@ -23,6 +24,7 @@ from ._reader import (
     read_file,
 )
 from ._recorder import RequestRecorder, current_request, exception_name, record_query
+from ._serve import StatsApp
 from ._stats import (
     Counter,
     CounterSeries,
@@ -67,6 +69,7 @@ __all__ = [
     "SlowEntry",
     "Snapshot",
     "Stats",
+    "StatsApp",
     "Text",
     "TextSeries",
     "UnsupportedVersionError",
@@ -77,6 +80,8 @@ __all__ = [
     "default_directory",
     "exception_name",
     "exposition",
+    "json_document",
+    "live_page",
     "read_directory",
     "read_file",
     "record_query",

@@ -30,6 +30,9 @@ LOCK_NAME = "mmstats-archive.lock"
 ARCHIVE_VERSION = 1
 SLOW_KEEP = 256
 FOLDED_KEEP_SECONDS = 3600.0
+# A worker's temporary file lives for microseconds; one older than this was
+# left by a process killed while creating its file.
+STALE_NEW_SECONDS = 600.0
 
 
 @dataclass
@@ -80,6 +83,8 @@ def _from_json(data: Any) -> Archive:
             value: Any = HistogramValue.from_json(item["value"])
         elif kind == "counter":
             value = int(item["value"])
+            if value < 0:
+                raise ValueError(f"counter {item['name']!r} is negative")
         else:
             continue
         labels = {str(k): str(v) for k, v in item["labels"].items()}
@@ -129,8 +134,17 @@ def load_archive(directory: str) -> Archive:
         with os.fdopen(fd, "rb") as f:
             data = json.loads(f.read(64 * 1024 * 1024))
         return _from_json(data)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
-        return Archive(error=f"is not a readable archive: {exc}")
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+        OSError,
+    ) as exc:
+        return Archive(error=f"is not a readable archive: {exc or type(exc).__name__}")
 
 
 @contextlib.contextmanager
@@ -178,11 +192,27 @@ def clean(directory: str, dry_run: bool = False) -> CleanResult:
     """Fold dead and closed workers into the archive, then remove their files.
 
     Live workers' files are never touched.  Safe to run twice at once (the
-    second waits for the first) and while workers start.
+    second waits for the first), while workers start, and after a clean
+    killed at any point.  Also removes what killed processes left behind:
+    temporary archives and temporary worker files.
 
-    :raises MmstatsError: the existing archive is unreadable; it is left as
-        it is, since writing over it would lose its totals.
+    :raises MmstatsError: the existing archive is unreadable (it is left as
+        it is, since writing over it would lose its totals), or the
+        directory cannot be written.
     """
+    from .exceptions import MmstatsError
+
+    try:
+        return _clean(directory, dry_run)
+    except OSError as exc:
+        where = exc.filename if isinstance(exc.filename, str) else directory
+        raise MmstatsError(
+            f"Cannot clean stats directory {directory!r}: {where!r}: "
+            f"{exc.strerror or exc}; run clean as the user the workers run as."
+        ) from None
+
+
+def _clean(directory: str, dry_run: bool) -> CleanResult:
     from ._reader import aggregate, list_stats_files, read_file
     from .exceptions import CorruptFileError, MmstatsError
 
@@ -212,8 +242,11 @@ def clean(directory: str, dry_run: bool = False) -> CleanResult:
         removed = [w.path for w in folded] + [
             os.path.join(directory, n) for n in leftovers
         ]
+        litter = _litter(directory)
         if dry_run or not removed:
-            return CleanResult(folded, removed, alive, dry_run)
+            if not dry_run:
+                _remove(litter)
+            return CleanResult(folded, removed + litter, alive, dry_run)
 
         now = time.time()
         totals = aggregate(folded, archive)
@@ -232,14 +265,40 @@ def clean(directory: str, dry_run: bool = False) -> CleanResult:
             folded=kept,
             workers=archive.workers + len(folded),
         )
+        _remove(litter)
         _write_archive(directory, new)
-        for path in removed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        # Killed from here on, the archive already names every file below:
+        # readers skip them and the next clean removes them.
+        _remove(removed)
         log.info(
             "Folded %d dead workers of %s into the archive", len(folded), directory
         )
-        return CleanResult(folded, removed, alive, dry_run)
+        return CleanResult(folded, removed + litter, alive, dry_run)
+
+
+def _litter(directory: str) -> list[str]:
+    """Return files that killed processes left: temporary archives and files.
+
+    Call with the clean lock held: any temporary archive is then stale.
+    """
+    found = []
+    cutoff = time.time() - STALE_NEW_SECONDS
+    with os.scandir(directory) as it:
+        for entry in it:
+            name = entry.name
+            if name.startswith(ARCHIVE_NAME + ".") and name.endswith(".tmp"):
+                found.append(entry.path)
+            elif name.startswith(".") and name.endswith(".new"):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        found.append(entry.path)
+    return sorted(found)
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 __all__ = ["ARCHIVE_NAME", "Archive", "CleanResult", "clean", "load_archive", "F"]

@@ -611,7 +611,7 @@ def dump(app: CliContext, path: str, file: str, wide: bool) -> None:
 )
 @_common
 def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
-    """Serve /metrics (Prometheus) and /api/json over HTTP.
+    """Serve the live page (/), /metrics (Prometheus) and /api/json over HTTP.
 
     Counters and histograms are summed over every worker and the archive;
     gauges are given per live worker.  Runs until interrupted.
@@ -629,7 +629,10 @@ def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
             f"cannot listen on {listen}: {exc.strerror or exc}; pass --listen "
             "HOST:PORT with a free port.",
         ) from None
-    app.err.write(f"Serving {path} on http://{listen}/metrics (Ctrl-C stops)\n")
+    app.err.write(
+        f"Serving {path}: page http://{listen}/, metrics http://{listen}/metrics "
+        "(Ctrl-C stops)\n"
+    )
     app.err.flush()
     try:
         server.serve_forever()

@@ -32,12 +32,16 @@ H_CLOSED = 64  # u64: 1 once the process exited cleanly
 H_CLOSED_AT = 72  # f64
 H_HEARTBEAT = 80  # f64: end of the last recorded request
 H_PIDNS = 88  # u64: inode of /proc/self/ns/pid
-H_FLAGS = 96  # u64, reserved
+H_FLAGS = 96  # u64: bits of FLAG_*, set by the writer, 0 in a healthy file
 H_BOOT_ID = 104  # 40 bytes: u16 length + text
 H_HOSTNAME = 144  # 256 bytes: u16 length + text
 H_NAME = 400  # 128 bytes
 H_COMMAND = 528  # 512 bytes
 H_END = 1040
+
+# Header flags.  Bits only ever get set, each with one store of the word by
+# the one thread holding the writer's lock.
+FLAG_GROW_FAILED = 1  # the file could not grow: records added since are lost
 
 BOOT_ID_SIZE = 40
 HOSTNAME_SIZE = 256
@@ -70,6 +74,8 @@ KIND_NAMES = {
 # blob length, then a UTF-8 JSON blob {"name", "help", "unit", "labels"}.
 METRIC_FIXED = struct.Struct("=IIIIIIddII")
 FLAG_INTEGER = 1
+# A text holds at most this many bytes: a reader copies no more per cell.
+MAX_TEXT_BYTES = 1 << 20
 
 # Cell record: type, size, metric id, thread slot, then the payload.
 CELL_FIXED = struct.Struct("=IIII")
@@ -90,6 +96,9 @@ SLOT_SIZE = 16 + 8 * S_STRINGS + METHOD_SIZE + PATH_SIZE + VIEW_SIZE
 
 # Slow ring record: type, size, capacity, entry size, then the entries.
 RING_FIXED = struct.Struct("=IIII")
+MAX_RING_ENTRIES = 100_000
+# Histograms have at most this many buckets; readers refuse more.
+MAX_BUCKETS = 100_000
 (
     E_GEN,
     E_END,
@@ -146,10 +155,27 @@ def cut_utf8(data: bytes, limit: int) -> bytes:
     if len(data) <= limit:
         return data
     end = limit
-    # Back off over continuation bytes (0b10xxxxxx) to a character start.
-    while end > 0 and (data[end] & 0xC0) == 0x80:
+    # Back off over continuation bytes (0b10xxxxxx) to a character start:
+    # at most three, since no character is longer than four bytes.  Bytes
+    # that are not UTF-8 at all are cut where they are.
+    while end > limit - 3 and end > 0 and (data[end] & 0xC0) == 0x80:
         end -= 1
+    if (data[end] & 0xC0) == 0x80:
+        end = limit
     return data[:end]
+
+
+def encode(value: str) -> bytes:
+    """Return ``value`` as UTF-8 bytes; never raises.
+
+    Bytes that a decoder smuggled in as surrogates (``surrogateescape``, as
+    in WSGI paths and host names) come back as they were; any other lone
+    surrogate is written as a ``\\udXXX`` escape.
+    """
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace")
 
 
 NATIVE_ORDER = sys.byteorder

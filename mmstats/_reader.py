@@ -15,6 +15,7 @@ import mmap
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from typing import Any
 
 from . import _format as F
 from ._archive import ARCHIVE_NAME, Archive, load_archive
-from ._writer import boot_id, pid_namespace, process_start_ticks, resolve_directory
+from ._writer import (
+    CHUNK_SIZE,
+    boot_id,
+    pid_namespace,
+    process_state,
+    resolve_directory,
+)
 from .exceptions import CorruptFileError, DirectoryError, UnsupportedVersionError
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,10 @@ class HistogramValue:
         self.sum += other.sum
         for k, n in other.buckets.items():
             self.buckets[k] = self.buckets.get(k, 0) + n
+
+    def same_scheme(self, other: HistogramValue) -> bool:
+        """Return whether ``other`` has the same buckets, so they can merge."""
+        return (other.lo, other.gamma) == (self.lo, self.gamma)
 
     def copy(self) -> HistogramValue:
         """Return an independent copy."""
@@ -119,14 +130,43 @@ class HistogramValue:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HistogramValue:
-        """Build a histogram from its JSON form."""
+        """Build a histogram from its JSON form.
+
+        :raises ValueError: the bucket scheme or a bucket is out of range.
+        """
+        lo, gamma = float(data["lo"]), float(data["gamma"])
+        buckets = {int(k): int(n) for k, n in data["buckets"].items()}
+        check_scheme(lo, gamma, max(buckets, default=0) + 1)
+        if buckets and min(buckets) < 0:
+            raise ValueError(f"histogram has a bucket below 0: {min(buckets)}")
+        if min(buckets.values(), default=0) < 0:
+            raise ValueError("histogram has a negative bucket count")
+        int(data["count"])  # present and a number, but the buckets are the truth
         return cls(
-            float(data["lo"]),
-            float(data["gamma"]),
+            lo,
+            gamma,
             bool(data["integer"]),
-            int(data["count"]),
+            sum(buckets.values()),
             float(data["sum"]),
-            {int(k): int(n) for k, n in data["buckets"].items()},
+            buckets,
+        )
+
+
+def check_scheme(lo: float, gamma: float, nbuckets: int) -> None:
+    """Refuse a bucket scheme whose bounds are not finite positive numbers.
+
+    :raises ValueError: naming the scheme.
+    """
+    ok = (
+        1 <= nbuckets <= F.MAX_BUCKETS
+        and 1e-300 < lo < 1e300
+        and 1.0 < gamma <= 4.0
+        and math.log(lo) + nbuckets * math.log(gamma) < 700
+    )
+    if not ok:
+        raise ValueError(
+            f"histogram has a bad bucket scheme: lo={lo!r} gamma={gamma!r} "
+            f"buckets={nbuckets}"
         )
 
 
@@ -219,6 +259,7 @@ class Worker:
     series: list[Series] = field(default_factory=list)
     slots: list[Slot] = field(default_factory=list)
     slow: list[SlowEntry] = field(default_factory=list)
+    problem: str | None = None  # why some of the worker's values are missing
 
     def find(self, name: str, labels: dict[str, str] | None = None) -> Series | None:
         """Return the series ``name`` with exactly these labels, or None."""
@@ -263,7 +304,8 @@ def _sum_values(series: list[Series]) -> Any:
     if kind == "histogram":
         hist: HistogramValue = series[0].value.copy()
         for s in series[1:]:
-            hist.merge(s.value)
+            if s.kind == "histogram" and hist.same_scheme(s.value):
+                hist.merge(s.value)
         return hist
     if kind in ("counter", "gauge"):
         return sum(s.value for s in series)
@@ -300,10 +342,50 @@ def _open_file(path: str) -> tuple[Any, int]:
                 path,
                 f"is {st.st_size} bytes, shorter than the {F.HEADER_SIZE}-byte header",
             )
-        mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, OverflowError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise CorruptFileError(
+                path, f"of {st.st_size} bytes cannot be mapped: {reason}"
+            ) from None
         return mm, st.st_size
     finally:
         os.close(fd)
+
+
+class _Patience:
+    """How long one read may spend, in all, waiting for writers.
+
+    A live writer leaves a record's sequence odd for microseconds, or for as
+    long as the scheduler keeps it off the CPU; a reader waits for it (up to
+    RECORD_WAIT a record).  A file that only claims to be live (a copy, a
+    forgery) could make every record wait: the time spent waiting on a
+    file, and on a directory scan, is capped too.  Only waiting counts, so
+    a scan that is slow for other reasons keeps its patience.
+    """
+
+    def __init__(self, seconds: float, parent: _Patience | None = None) -> None:
+        self.seconds = seconds
+        self.parent = parent
+        self.spent = 0.0
+
+    def left(self) -> float:
+        """Return the waiting time left (never more than the parent's)."""
+        left = self.seconds - self.spent
+        if self.parent is not None:
+            left = min(left, self.parent.left())
+        return left
+
+    def spend(self, seconds: float) -> None:
+        self.spent += seconds
+        if self.parent is not None:
+            self.parent.spend(seconds)
+
+
+RECORD_WAIT = 0.5
+FILE_WAIT = 1.0
+SCAN_WAIT = 2.0
 
 
 class _Host:
@@ -338,9 +420,11 @@ def _state(
     if ns and host.pidns and ns != host.pidns:
         return "unknown"  # another pid namespace: its pids mean nothing here
     if ticks:
-        current = process_start_ticks(pid)
+        state, current = process_state(pid)
         if current:
-            return "alive" if current == ticks else "dead"
+            # A zombie has exited (killed, not yet reaped): it writes no more.
+            alive = current == ticks and state not in ("Z", "X")
+            return "alive" if alive else "dead"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -356,17 +440,38 @@ def read_file(path: str | os.PathLike[str]) -> Worker:
     :raises CorruptFileError: the file is not a readable stats file; the
         message names the file and the reason.
     """
-    path = os.fspath(path)
+    return _read_file(os.fspath(path), _Patience(FILE_WAIT))
+
+
+# What a damaged file can make the parser raise, on top of CorruptFileError.
+_PARSE_ERRORS = (
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    OverflowError,
+    struct.error,
+    RecursionError,  # deeply nested JSON in a metric record
+    MemoryError,
+)
+
+
+def _read_file(path: str, patience: _Patience) -> Worker:
+    grown_to = 0
     for _attempt in range(3):
         mm, size = _open_file(path)
         try:
-            return _parse(path, mm, size)
-        except _Grew:
-            continue  # grown between the size check and the read: map again
+            return _parse(path, mm, size, grown_to, patience)
+        except _Grew as grew:
+            # Grown between the size check and the read: map it again, and
+            # read no further than what was published at the first look.
+            grown_to = grew.used
+            continue
         except CorruptFileError:
             raise
-        except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
-            raise CorruptFileError(path, str(exc)) from None
+        except _PARSE_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
+            raise CorruptFileError(path, reason) from None
         finally:
             try:
                 mm.close()
@@ -378,6 +483,10 @@ def read_file(path: str | os.PathLike[str]) -> Worker:
 class _Grew(Exception):
     """The used length passed the mapped size because the file grew."""
 
+    def __init__(self, used: int) -> None:
+        super().__init__(used)
+        self.used = used
+
 
 def _current_size(path: str) -> int:
     try:
@@ -386,15 +495,28 @@ def _current_size(path: str) -> int:
         return 0
 
 
-def _parse(path: str, mm: Any, size: int) -> Worker:
-    buf = memoryview(mm)
+def _parse(path: str, mm: Any, size: int, grown_to: int, patience: _Patience) -> Worker:
+    # A writer killed while extending its file can leave a size that is not
+    # a multiple of 8; records never reach into that tail.
+    size -= size % 8
+    b = memoryview(mm)[:size]
+    q = d = None
     try:
-        return _parse_views(path, buf, buf.cast("q"), buf.cast("d"), size)
+        q, d = b.cast("q"), b.cast("d")
+        return _parse_views(path, b, q, d, size, grown_to, patience)
     finally:
-        buf.release()
+        for view in (d, q, b):
+            if view is not None:
+                view.release()
 
 
-def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
+# A pid is positive and fits the kernel's pid_max (at most 2**22).
+MAX_PID = 1 << 22
+
+
+def _parse_views(
+    path: str, b: Any, q: Any, d: Any, size: int, grown_to: int, patience: _Patience
+) -> Worker:
     if bytes(b[0:8]) != F.MAGIC:
         raise CorruptFileError(path, "has no mmstats magic number; not a stats file")
     if q[F.H_BYTE_ORDER // 8] != F.BYTE_ORDER_MARK:
@@ -410,15 +532,20 @@ def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
             path, f"has header size {header_size}, not {F.HEADER_SIZE}"
         )
     used = q[F.H_USED // 8]
-    if used > size and used % 8 == 0 and used <= _current_size(path):
-        raise _Grew()
+    if used > size and F.HEADER_SIZE <= grown_to <= size:
+        used = grown_to  # grew again while mapped: read what was there before
+    elif used > size and used % 8 == 0 and used <= _current_size(path):
+        raise _Grew(used)
     if used < F.HEADER_SIZE or used > size or used % 8:
         raise CorruptFileError(path, f"has used length {used} outside 4096..{size}")
 
     pid = q[F.H_PID // 8]
+    if not 0 < pid <= MAX_PID:
+        raise CorruptFileError(path, f"has pid {pid}, not a process id")
     closed = q[F.H_CLOSED // 8] == 1
     hostname = _get_string(b, F.H_HOSTNAME, F.HOSTNAME_SIZE)
     boot = _get_string(b, F.H_BOOT_ID, F.BOOT_ID_SIZE)
+    flags = q[F.H_FLAGS // 8]
     worker = Worker(
         path=path,
         name=_get_string(b, F.H_NAME, F.NAME_SIZE),
@@ -438,36 +565,57 @@ def _parse_views(path: str, b: Any, q: Any, d: Any, size: int) -> Worker:
         size=size,
         used=used,
     )
-    _parse_records(worker, b, q, d, used)
+    if flags & F.FLAG_GROW_FAILED:
+        worker.problem = (
+            "its file could not grow (file system full?): series, threads and "
+            "slots added since are not recorded"
+        )
+    _parse_records(worker, b, q, d, used, patience)
     return worker
 
 
 def _stable(
-    b: Any, q: Any, seq_word: int, start: int, end: int, live: bool
+    b: Any,
+    q: Any,
+    seq_word: int,
+    start: int,
+    end: int,
+    live: bool,
+    patience: _Patience,
 ) -> tuple[bytes, int, bool]:
     """Copy bytes ``start:end`` of a record guarded by a sequence word.
 
     Returns the copy, the sequence value and whether the copy is
     consistent: the sequence was even and unchanged across the copy.  A
-    live writer is waited for (up to 0.2 s); a dead one never moves.
+    live writer is waited for (up to RECORD_WAIT, within the read's
+    patience); a dead one never moves.
     """
-    deadline = 0.0
+    started = deadline = 0.0
+    tries = 0
     while True:
         before = q[seq_word]
         data = bytes(b[start:end])  # one memcpy: short, so rarely raced
-        if not before & 1 and q[seq_word] == before:
-            return data, before, True
-        if not live:
-            return data, before, False
+        settled = not before & 1 and q[seq_word] == before
+        if settled or not live:
+            if started:
+                patience.spend(time.monotonic() - started)
+            return data, before, settled
         now = time.monotonic()
-        if not deadline:
-            deadline = now + 0.2
+        if not started:
+            started = now
+            deadline = now + min(RECORD_WAIT, patience.left())
         elif now > deadline:
+            patience.spend(now - started)
             return data, before, False
-        time.sleep(0)
+        # Yield at first; then sleep, so that a writer waiting for a CPU
+        # (a busy machine) gets it rather than the reader spinning.
+        tries += 1
+        time.sleep(0 if tries < 20 else 0.001)
 
 
-def _parse_records(worker: Worker, b: Any, q: Any, d: Any, used: int) -> None:
+def _parse_records(
+    worker: Worker, b: Any, q: Any, d: Any, used: int, patience: _Patience
+) -> None:
     metrics: dict[int, dict[str, Any]] = {}
     cells: list[tuple[int, int, int, int]] = []  # (metric id, tslot, word, size)
     live = worker.state == "alive"
@@ -483,19 +631,30 @@ def _parse_records(worker: Worker, b: Any, q: Any, d: Any, used: int) -> None:
             mid, meta = _parse_metric(b, off, rsize)
             metrics[mid] = meta
         elif rtype == F.R_CELL:
+            if rsize < F.CELL_PAYLOAD + 8:
+                raise ValueError(f"cell record at byte {off} is too short")
             _, _, mid, tslot = F.CELL_FIXED.unpack(b[off : off + 16])
             cells.append(
                 (mid, tslot, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD)
             )
         elif rtype == F.R_SLOT:
-            _parse_slot(worker, b, q, off, rsize, live)
+            _parse_slot(worker, b, q, off, rsize, live, patience)
         elif rtype == F.R_RING:
-            _parse_ring(worker, b, q, off, rsize, live)
+            _parse_ring(worker, b, q, off, rsize, live, patience)
         elif rtype != F.R_PAD:
             raise CorruptFileError(worker.path, f"has a record of unknown type {rtype}")
         off += rsize
 
-    _collect_series(worker, metrics, cells, q, d, b, live)
+    _collect_series(worker, metrics, cells, q, d, b, live, patience)
+
+
+def _clean(value: object) -> str:
+    """Return a JSON string of a file as text every output can encode.
+
+    JSON can carry lone surrogates (``\\ud800``); like bytes that are not
+    UTF-8, they become backslash escapes.
+    """
+    return text(F.encode(str(value)))
 
 
 def _parse_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
@@ -520,10 +679,20 @@ def _parse_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
         lo=lo,
         gamma=gamma,
         text_max=text_max,
-        labels={str(k): str(v) for k, v in labels.items()},
+        name=_clean(meta.get("name", "")),
+        help=_clean(meta.get("help", "")),
+        unit=_clean(meta.get("unit", "")),
+        labels={_clean(k): _clean(v) for k, v in labels.items()},
     )
-    if kind == F.KIND_HISTOGRAM and (nbuckets < 2 or nbuckets > 100_000 or not lo > 0):
-        raise ValueError(f"histogram record at byte {off} has a bad bucket scheme")
+    if kind == F.KIND_HISTOGRAM:
+        if nbuckets < 2:
+            raise ValueError(f"histogram record at byte {off} has {nbuckets} buckets")
+        check_scheme(lo, gamma, nbuckets)
+    if kind == F.KIND_TEXT and text_max > F.MAX_TEXT_BYTES:
+        raise ValueError(
+            f"text record at byte {off} claims {text_max} bytes, more than "
+            f"{F.MAX_TEXT_BYTES}"
+        )
     return mid, meta
 
 
@@ -535,6 +704,7 @@ def _collect_series(
     d: Any,
     b: Any,
     live: bool,
+    patience: _Patience,
 ) -> None:
     values: dict[int, Any] = {}
     stamps: dict[int, int] = {}
@@ -544,17 +714,19 @@ def _collect_series(
             raise ValueError(f"a cell refers to unknown metric id {mid}")
         kind = meta["kind"]
         if kind == F.KIND_COUNTER:
+            if q[word] < 0:
+                raise ValueError(f"a cell of counter id {mid} is negative")
             values[mid] = values.get(mid, 0) + q[word]
         elif kind == F.KIND_GAUGE:
             values[mid] = values.get(mid, 0.0) + d[word]
         elif kind == F.KIND_HISTOGRAM:
-            hist = _read_histogram(meta, b, q, word, size, live)
+            hist = _read_histogram(meta, b, q, word, size, live, patience)
             if mid in values:
                 values[mid].merge(hist)
             else:
                 values[mid] = hist
         else:
-            got = _read_text(meta, b, q, word, size, live)
+            got = _read_text(meta, b, q, word, size, live, patience)
             if got is not None and got[0] >= stamps.get(mid, -1):
                 stamps[mid] = got[0]
                 values[mid] = got[1]
@@ -575,35 +747,55 @@ def _collect_series(
 
 
 def _read_histogram(
-    meta: dict[str, Any], b: Any, q: Any, word: int, size: int, live: bool
+    meta: dict[str, Any],
+    b: Any,
+    q: Any,
+    word: int,
+    size: int,
+    live: bool,
+    patience: _Patience,
 ) -> HistogramValue:
     n = meta["nbuckets"]
     if size < 8 * (F.HIST_BUCKETS + n):
         raise ValueError("histogram cell is shorter than its buckets")
     end = (word + F.HIST_BUCKETS + n) * 8
-    data, _, settled = _stable(b, q, word, word * 8, end, live)
+    data, _, _ = _stable(b, q, word, word * 8, end, live, patience)
     view = memoryview(data)
     words = view.cast("q").tolist()
     buckets = {k: c for k, c in enumerate(words[F.HIST_BUCKETS :]) if c}
+    if min(buckets.values(), default=0) < 0:
+        raise ValueError("histogram cell has a negative bucket count")
     sum_value: float = view.cast("d")[F.HIST_SUM]
-    count = words[F.HIST_COUNT]
-    if not settled:
-        # A writer killed mid-update (or one that never let go for 0.2 s):
-        # the buckets are the truth for the count.
-        count = sum(buckets.values())
+    # The buckets are the truth for the count: equal to the count word in a
+    # consistent copy, and still right when a writer was killed mid-update
+    # (or never let go for 0.2 s).
+    count = sum(buckets.values())
     return HistogramValue(
         meta["lo"], meta["gamma"], meta["integer"], count, sum_value, buckets
     )
 
 
 def _read_text(
-    meta: dict[str, Any], b: Any, q: Any, word: int, size: int, live: bool
+    meta: dict[str, Any],
+    b: Any,
+    q: Any,
+    word: int,
+    size: int,
+    live: bool,
+    patience: _Patience,
 ) -> tuple[int, str] | None:
-    limit = size - 8 * F.TEXT_DATA
-    data, seq, settled = _stable(b, q, word, word * 8, word * 8 + size, live)
+    # Copy no more than the metric's maximum: a damaged size cannot make a
+    # reader copy gigabytes.
+    limit = min(size - 8 * F.TEXT_DATA, F.round8(meta["text_max"]))
+    if limit < 0:
+        raise ValueError("text cell is shorter than its header")
+    end = word * 8 + 8 * F.TEXT_DATA + limit
+    data, seq, settled = _stable(b, q, word, word * 8, end, live, patience)
     if not settled or not seq:
+        # Known limitation (#7): a text being set when its writer was killed
+        # reads as missing; its old bytes are already partly overwritten.
         return None
-    words = memoryview(data).cast("q")
+    words = memoryview(data)[: 8 * F.TEXT_DATA].cast("q")
     stamp, length = words[F.TEXT_STAMP], words[F.TEXT_LEN]
     if length < 0 or length > limit:
         raise ValueError(f"text cell claims {length} bytes of {limit}")
@@ -612,13 +804,19 @@ def _read_text(
 
 
 def _parse_slot(
-    worker: Worker, b: Any, q: Any, off: int, rsize: int, live: bool
+    worker: Worker,
+    b: Any,
+    q: Any,
+    off: int,
+    rsize: int,
+    live: bool,
+    patience: _Patience,
 ) -> None:
     if rsize < F.SLOT_SIZE:
         raise ValueError(f"slot record at byte {off} is too short")
     index = F.SLOT_FIXED.unpack(b[off : off + 16])[2]
     start = off + 16
-    data, _, _ = _stable(b, q, start // 8, start, off + F.SLOT_SIZE, live)
+    data, _, _ = _stable(b, q, start // 8, start, off + F.SLOT_SIZE, live, patience)
     words = memoryview(data).cast("q")
     floats = memoryview(data).cast("d")
     if words[F.S_STATE] != 1:
@@ -639,16 +837,29 @@ def _parse_slot(
 
 
 def _parse_ring(
-    worker: Worker, b: Any, q: Any, off: int, rsize: int, live: bool
+    worker: Worker,
+    b: Any,
+    q: Any,
+    off: int,
+    rsize: int,
+    live: bool,
+    patience: _Patience,
 ) -> None:
+    if rsize < 16:
+        raise ValueError(f"slow ring at byte {off} is too short")
     _, _, capacity, entry_size = F.RING_FIXED.unpack(b[off : off + 16])
-    if entry_size != F.ENTRY_SIZE or 16 + capacity * entry_size > rsize:
+    if (
+        entry_size != F.ENTRY_SIZE
+        or capacity > F.MAX_RING_ENTRIES
+        or 16 + capacity * entry_size > rsize
+    ):
         raise ValueError(f"slow ring at byte {off} has a bad size")
     for i in range(capacity):
         start = off + 16 + i * entry_size
         if q[start // 8 + F.E_GEN] == 0:
             continue
-        data, gen, settled = _stable(b, q, start // 8, start, start + entry_size, live)
+        end = start + entry_size
+        data, gen, settled = _stable(b, q, start // 8, start, end, live, patience)
         if not settled:
             continue  # a writer killed mid-entry: the entry is incomplete
         words = memoryview(data).cast("q")
@@ -687,6 +898,8 @@ class Snapshot:
     workers: list[Worker]
     bad: list[BadFile]
     archive: Archive
+    problems: list[str] = field(default_factory=list)
+    """Why workers may be unable to write here (one line each), if any."""
 
     def totals(self) -> dict[tuple[str, LabelKey], Series]:
         """Return counters and histograms summed over workers and the archive,
@@ -764,8 +977,16 @@ def _log_bad_once(exc: CorruptFileError) -> None:
 
 
 def list_stats_files(directory: str) -> list[str]:
-    """Return the names of the stats files in ``directory``, sorted."""
+    """Return the names of the stats files in ``directory``, sorted.
+
+    :raises DirectoryError: the directory is missing, not a directory, a
+        symlink (not followed, as writers do not) or cannot be listed.
+    """
     try:
+        if stat.S_ISLNK(os.lstat(directory).st_mode):
+            raise DirectoryError(
+                directory, "is a symlink; symlinks are not followed"
+            ) from None
         with os.scandir(directory) as it:
             return sorted(e.name for e in it if e.name.endswith(F.SUFFIX))
     except FileNotFoundError:
@@ -774,6 +995,65 @@ def list_stats_files(directory: str) -> list[str]:
         raise DirectoryError(directory, "is not a directory") from None
     except PermissionError:
         raise DirectoryError(directory, "cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise DirectoryError(directory, f"cannot be read: {exc.strerror}") from None
+
+
+def directory_problems(directory: str, private: bool = False) -> list[str]:
+    """Return why workers may be unable to write in ``directory``, one line each.
+
+    A worker that cannot create its file has no file a reader could see;
+    what a reader can see is the directory: a full or read-only file
+    system, or a mode or owner that makes workers refuse it.
+    """
+    problems: list[str] = []
+    try:
+        st = os.lstat(directory)
+        vfs = os.statvfs(directory)
+    except OSError:
+        return problems  # list_stats_files says what is wrong with it
+    where = f"Stats directory {directory!r}"
+    if vfs.f_flag & os.ST_RDONLY:
+        problems.append(
+            f"{where} is on a read-only file system: workers cannot create or "
+            "grow their files."
+        )
+    else:
+        free = vfs.f_bavail * vfs.f_frsize
+        if free < CHUNK_SIZE:
+            problems.append(
+                f"{where} has {free // 1024} KiB free, less than the "
+                f"{CHUNK_SIZE // 1024} KiB a worker needs to create or grow its "
+                "file; free some space."
+            )
+        if vfs.f_files and not vfs.f_favail:
+            problems.append(
+                f"{where} is on a file system without free inodes: workers "
+                "cannot create their files."
+            )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o300 != 0o300:
+        problems.append(
+            f"{where} has mode {mode:o}: its owner (uid {st.st_uid}) cannot "
+            "create files in it."
+        )
+    uid = os.geteuid()
+    if uid != 0 and not os.access(directory, os.W_OK | os.X_OK):
+        problems.append(
+            f"{where} is not writable by uid {uid}, this reader's user: workers "
+            f"running as uid {uid} cannot create their files in it."
+        )
+    if private and (st.st_uid != uid or mode & 0o077):
+        problems.append(
+            f"{where} is the private default but is owned by uid {st.st_uid} "
+            f"with mode {mode:o}: workers of uid {uid} refuse it; remove it."
+        )
+    elif mode & 0o002 and not mode & stat.S_ISVTX:
+        problems.append(
+            f"{where} is world-writable without the sticky bit (mode {mode:o}): "
+            "workers refuse it; chmod o-w it."
+        )
+    return problems
 
 
 def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
@@ -781,7 +1061,8 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
 
     :raises DirectoryError: the directory is missing or cannot be listed.
     """
-    path = resolve_directory(directory)[0]
+    path, private = resolve_directory(directory)
+    patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
         names = list_stats_files(path)
         archive = load_archive(path)
@@ -793,7 +1074,7 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
                 continue  # folded into the archive by a clean that is finishing
             full = os.path.join(path, name)
             try:
-                workers.append(read_file(full))
+                workers.append(_read_file(full, _Patience(FILE_WAIT, patience)))
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True
@@ -801,8 +1082,9 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
                 _log_bad_once(exc)
                 bad.append(BadFile(full, exc.reason))
         if not vanished:
-            if archive.error:
-                bad.append(BadFile(os.path.join(path, ARCHIVE_NAME), archive.error))
-            return Snapshot(path, time.time(), workers, bad, archive)
-    # A clean kept removing files under this scan; the last view is used.
-    return Snapshot(path, time.time(), workers, bad, archive)
+            break
+    # After five scans that a clean kept racing, the last view is used.
+    if archive.error:
+        bad.append(BadFile(os.path.join(path, ARCHIVE_NAME), archive.error))
+    problems = directory_problems(path, private)
+    return Snapshot(path, time.time(), workers, bad, archive, problems)

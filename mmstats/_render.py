@@ -7,6 +7,7 @@ objects, which rich never parses as markup.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -24,10 +25,11 @@ from ._report import LIVE_STATES, Summary, lifetime_rate, summarize, uptime
 DASH = "-"
 MIB = 1024 * 1024
 
-# C0 and C1 controls, DEL, and the invisible format characters that can
-# reorder or hide text on a terminal (bidi overrides, zero-width marks).
+# C0 and C1 controls, DEL, the invisible format characters that can
+# reorder or hide text on a terminal (bidi overrides, zero-width marks), and
+# lone surrogates, which no terminal encoding can write.
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -36,7 +38,8 @@ def clean_text(value: str) -> str:
     """Return ``value`` with control characters written as escapes.
 
     ``\\n``, ``\\r`` and ``\\t`` keep their names; other characters below
-    U+0100 become ``\\xNN`` and the rest ``\\uNNNN``.
+    U+0100 become ``\\xNN`` and the rest ``\\uNNNN``.  A byte that was not
+    UTF-8, carried as a surrogate (a file name), becomes ``\\xNN`` too.
     """
     return _UNSAFE.sub(_escape_char, value)
 
@@ -47,6 +50,8 @@ def _escape_char(match: re.Match[str]) -> str:
     if named is not None:
         return named
     code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was there
+        code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
@@ -71,7 +76,7 @@ def folded(value: str, style: str = "") -> Text:
 
 def fmt_seconds(value: float | None) -> str:
     """Return a duration with its unit: ``0.35ms``, ``120ms``, ``2.50s``."""
-    if value is None:
+    if value is None or not math.isfinite(value):
         return DASH
     if value < 0.01:
         return f"{value * 1000:.2f}ms"
@@ -84,7 +89,7 @@ def fmt_seconds(value: float | None) -> str:
 
 def fmt_age(value: float | None) -> str:
     """Return a long span compactly: ``45s``, ``12m05s``, ``3h12m``, ``2d03h``."""
-    if value is None or value < 0:
+    if value is None or not math.isfinite(value) or value < 0:
         return DASH
     seconds = int(value)
     if seconds < 100:
@@ -101,7 +106,7 @@ def fmt_age(value: float | None) -> str:
 
 def fmt_mib(value: float | None) -> str:
     """Return a byte count in MiB: ``85MiB``, ``9.5MiB``."""
-    if value is None:
+    if value is None or not math.isfinite(value):
         return DASH
     mib = value / MIB
     if mib >= 1024:
@@ -153,21 +158,26 @@ def fmt_number(value: float | None, digits: int = 1) -> str:
 
 def fmt_time(value: float, now: float, full: bool = False) -> str:
     """Return a local wall-clock time; the date only when it is not today."""
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         return DASH
-    local = time.localtime(value)
+    try:
+        local = time.localtime(value)
+    except (OverflowError, OSError, ValueError):  # past year 9999: a bad file
+        return f"{value:.6g}"
     if full:
         millis = int(value * 1000) % 1000
         return time.strftime("%Y-%m-%d %H:%M:%S", local) + f".{millis:03d}"
-    if local[:3] == time.localtime(now)[:3]:
+    if math.isfinite(now) and local[:3] == time.localtime(now)[:3]:
         return time.strftime("%H:%M:%S", local)
     return time.strftime("%m-%d %H:%M", local)
 
 
 def fmt_timestamp(value: float) -> str:
     """Return a time both as local time and as Unix seconds, for ``dump``."""
-    if value <= 0:
+    if value == 0:
         return "never (0)"
+    if not math.isfinite(value) or value < 0:
+        return f"invalid ({value!r})"
     return f"{fmt_time(value, value, full=True)} ({value:.6f})"
 
 
@@ -220,6 +230,9 @@ def show_view(
     """Return everything ``show`` prints: workers, requests, dead, bad files."""
     now = snapshot.read_at
     parts: list[RenderableType] = [_headline(snapshot)]
+    problems = problem_lines(snapshot)
+    if problems:
+        parts.append(problems)
     shown = [w for w in snapshot.workers if w.state != "dead"]
     dead = [w for w in snapshot.workers if w.state == "dead"]
     parts.append(worker_table(snapshot, shown, wide, rates))
@@ -232,6 +245,22 @@ def show_view(
     if snapshot.bad:
         parts.append(bad_table(snapshot.bad, snapshot.directory))
     return Group(*parts)
+
+
+def problem_lines(snapshot: Snapshot) -> Text | None:
+    """Return why workers may be missing or incomplete, one line each."""
+    lines = [f"Warning: {p}" for p in snapshot.problems]
+    lines += [
+        f"Warning: worker {w.pid} ({w.state}): {w.problem}"
+        for w in snapshot.workers
+        if w.problem
+    ]
+    if not lines:
+        return None
+    text = Text(style="bold")
+    for i, line in enumerate(lines):
+        text.append(("\n" if i else "") + clean_text(line))
+    return text
 
 
 def _headline(snapshot: Snapshot) -> Text:
@@ -538,6 +567,7 @@ def header_table(w: Worker) -> Table:
         ("heartbeat", fmt_timestamp(w.heartbeat)),
         ("size", f"{w.size} bytes"),
         ("used", f"{w.used} bytes"),
+        ("problem", folded(w.problem or "none")),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -45,6 +45,7 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "read_at": snapshot.read_at,
         "workers": [worker_to_json(w) for w in snapshot.workers],
         "bad_files": [bad_file_to_json(b) for b in snapshot.bad],
+        "problems": list(snapshot.problems),
         "archive": archive_to_json(snapshot.archive),
         "totals": [series_to_json(s) for s in _sorted(snapshot.totals().values())],
     }
@@ -67,6 +68,7 @@ def worker_to_json(worker: Worker) -> dict[str, Any]:
         "heartbeat": _time_or_none(worker.heartbeat),
         "version": worker.version,
         "size": worker.size,
+        "problem": worker.problem,
         "metrics": [series_to_json(s) for s in _sorted(worker.series)],
         "slots": [slot_to_json(s) for s in worker.slots],
         "slow": [slow_to_json(e) for e in worker.slow],
@@ -226,7 +228,7 @@ def _add(summary: Summary, s: Series) -> None:
         have = getattr(summary, s.name)
         if have is None:
             setattr(summary, s.name, s.value.copy())
-        else:
+        elif have.same_scheme(s.value):  # an app's own metric of that name may not
             have.merge(s.value)
 
 

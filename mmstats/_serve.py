@@ -1,8 +1,9 @@
-"""``mmstats serve``: the exporter and the JSON document over HTTP.
+"""``mmstats serve``: the live page, the exporter and the JSON document over HTTP.
 
-:class:`StatsApp` is a plain WSGI app (``/metrics``, ``/api/json``), so it
-can be mounted in any WSGI server; :func:`serve_forever` runs it on the
-standard library's threaded server, bound to loopback unless told otherwise.
+:class:`StatsApp` is a plain WSGI app (``/`` the live page, ``/metrics``,
+``/api/json``), so it can be mounted in any WSGI server; :func:`make_stats_server`
+runs it on the standard library's threaded server, bound to loopback unless
+told otherwise.
 """
 
 from __future__ import annotations
@@ -10,24 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import socketserver
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ._exporter import DEFAULT_PREFIX, MetricsApp
-from ._reader import read_directory
-from ._report import dumps, snapshot_to_json
-from .exceptions import MmstatsError
+from ._page import JSON_TYPE, json_document, live_page
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:9301"
 StartResponse = Callable[..., Any]
-
-_INDEX = b"""<!doctype html><meta charset="utf-8"><title>mmstats</title>
-<p>mmstats: <a href="metrics">/metrics</a> (Prometheus),
-<a href="api/json">/api/json</a> (the schema of <code>mmstats json</code>).</p>
-"""
+# Polls within this many seconds share one directory read: the page polls
+# every 2 s, so however many tabs are open, the directory is read once a poll.
+JSON_MAX_AGE = 2.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -44,7 +42,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class StatsApp:
-    """WSGI app: ``/metrics`` for Prometheus, ``/api/json`` for pages."""
+    """WSGI app: the live page at ``/``, ``/metrics`` and ``/api/json``."""
 
     def __init__(
         self,
@@ -57,25 +55,34 @@ class StatsApp:
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "") or "/"
+        path = environ.get("PATH_INFO", "")
         if path.rstrip("/") == "/metrics":
             return self.metrics(environ, start_response)
         if path.rstrip("/") == "/api/json":
-            return self.json(start_response)
+            return self.json(environ, start_response)
         if path == "/":
-            return _respond(
-                start_response, "200 OK", "text/html; charset=utf-8", _INDEX
+            body, headers = live_page()
+            return _send(start_response, "200 OK", headers, body)
+        if path == "":
+            # Mounted under a prefix and asked without the trailing slash:
+            # the page's relative URLs need it.
+            where = urllib.parse.quote(environ.get("SCRIPT_NAME", "")) + "/"
+            return _send(
+                start_response, "301 Moved Permanently", [("Location", where)], b""
             )
         return _respond(start_response, "404 Not Found", "text/plain", b"not found\n")
 
-    def json(self, start_response: StartResponse) -> list[bytes]:
+    def json(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> list[bytes]:
         """Answer with the JSON document; an unreadable directory is a 200 too."""
+        query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
         try:
-            doc: Any = snapshot_to_json(read_directory(self.directory))
-        except MmstatsError as exc:
-            doc = {"schema": 1, "error": str(exc)}
-        body = dumps(doc, indent=None).encode()
-        return _respond(start_response, "200 OK", "application/json", body)
+            body = json_document(self.directory, query, max_age=JSON_MAX_AGE)
+        except ValueError as exc:
+            message = f"{exc}\n".encode()
+            return _respond(start_response, "400 Bad Request", "text/plain", message)
+        return _respond(start_response, "200 OK", JSON_TYPE, body)
 
 
 def _respond(
@@ -83,11 +90,19 @@ def _respond(
 ) -> list[bytes]:
     headers = [
         ("Content-Type", content_type),
-        ("Content-Length", str(len(body))),
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
     ]
-    start_response(status, headers)
+    return _send(start_response, status, headers, body)
+
+
+def _send(
+    start_response: StartResponse,
+    status: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> list[bytes]:
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
     return [body]
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar, cast
 
 from . import _format as F
-from ._writer import FileWriter, get_writer
+from ._writer import FileWriter, get_writer, on_fork
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +89,28 @@ class _Series:
     def _cell(self) -> Any:
         """Return the calling thread's cell, allocating it on first use."""
         writer = self._writer
-        tslot = writer.thread_slot()
-        with writer.lock:
-            cell = self._cells.get(tslot)
-            if cell is None:
-                meta = {
-                    "name": self.name,
-                    "help": self.help,
-                    "unit": self.unit,
-                    "labels": self.labels,
-                }
-                key = (self.name, tuple(sorted(self.labels.items())))
-                mid = writer.metric_id(key, self.kind, meta, **self._params)
-                cell = writer.cell(mid, tslot, self._payload)
-                self._cells[tslot] = cell
-        return cell
+        # Known limitation (#7): a Stats writer without the request recorder
+        # notices a removed file only here, when it next allocates a record.
+        writer.check(time.monotonic())
+        while True:
+            generation = writer.generation
+            tslot = writer.thread_slot()
+            with writer.lock:
+                if writer.generation != generation:
+                    continue  # the file was replaced meanwhile: a new slot
+                cell = self._cells.get(tslot)
+                if cell is None:
+                    meta = {
+                        "name": self.name,
+                        "help": self.help,
+                        "unit": self.unit,
+                        "labels": self.labels,
+                    }
+                    key = (self.name, tuple(sorted(self.labels.items())))
+                    mid = writer.metric_id(key, self.kind, meta, **self._params)
+                    cell = writer.cell(mid, tslot, self._payload)
+                    self._cells[tslot] = cell
+                return cell
 
 
 class CounterSeries(_Series):
@@ -113,8 +120,11 @@ class CounterSeries(_Series):
     __slots__ = ()
 
     def _bind(self) -> tuple[Any, int]:
+        # The thread-local is taken first: if the file is replaced meanwhile,
+        # the binding goes to the old one, which nothing reads any more.
+        tl = self._tl
         cell = self._cell()
-        self._tl.cell = bound = (cell.q, cell.word)
+        tl.cell = bound = (cell.q, cell.word)
         return bound
 
     def incr(self, n: int = 1) -> None:
@@ -140,8 +150,9 @@ class GaugeSeries(_Series):
     __slots__ = ()
 
     def _bind(self) -> tuple[Any, int]:
+        tl = self._tl
         cell = self._cell()
-        self._tl.cell = bound = (cell.d, cell.word)
+        tl.cell = bound = (cell.d, cell.word)
         return bound
 
     def incr(self, n: float = 1.0) -> None:
@@ -197,8 +208,9 @@ class HistogramSeries(_Series):
         self._top = nbuckets - 1
 
     def _bind(self) -> tuple[Any, Any, int]:
+        tl = self._tl
         cell = self._cell()
-        self._tl.cell = bound = (cell.q, cell.d, cell.word)
+        tl.cell = bound = (cell.q, cell.d, cell.word)
         return bound
 
     def observe(
@@ -266,17 +278,23 @@ class TextSeries(_Series):
 
     def __init__(self, *args: Any, max_bytes: int = DEFAULT_TEXT_BYTES, **kw: Any):
         super().__init__(*args, **kw)
-        if not isinstance(max_bytes, int) or max_bytes < 1:
+        if (
+            isinstance(max_bytes, bool)
+            or not isinstance(max_bytes, int)
+            or not 1 <= max_bytes <= F.MAX_TEXT_BYTES
+        ):
             raise ValueError(
-                f"Text max_bytes must be a positive int, not {max_bytes!r}"
+                f"Text max_bytes must be an int from 1 to {F.MAX_TEXT_BYTES}, "
+                f"not {max_bytes!r}"
             )
         self._max = max_bytes
         self._params = {"text_max": max_bytes}
         self._payload = 8 * F.TEXT_DATA + F.round8(max_bytes)
 
     def _bind(self) -> tuple[Any, Any, int]:
+        tl = self._tl
         cell = self._cell()
-        self._tl.cell = bound = (cell.q, cell.b, cell.word)
+        tl.cell = bound = (cell.q, cell.b, cell.word)
         return bound
 
     def set(self, value: str) -> None:
@@ -285,7 +303,7 @@ class TextSeries(_Series):
             q, b, i = self._tl.cell
         except AttributeError:
             q, b, i = self._bind()
-        data = F.cut_utf8(str(value).encode("utf-8", "surrogateescape"), self._max)
+        data = F.cut_utf8(F.encode(str(value)), self._max)
         start = (i + F.TEXT_DATA) * 8
         q[i] += 1
         q[i + 1] = next(_stamps)
@@ -329,7 +347,7 @@ def _after_fork_in_child() -> None:
         reg.lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork(_after_fork_in_child)
 
 
 class _Field:

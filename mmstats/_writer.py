@@ -9,6 +9,8 @@ thread that owns the record.  See docs/FORMAT.md for the layout.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
 import json
 import logging
 import mmap
@@ -27,6 +29,12 @@ from . import _format as F
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256 * 1024
+# How often, at most, a writer checks that its file is still in its
+# directory (one stat of the path, from the request recorder's finish and
+# from allocations).
+FILE_CHECK_SECONDS = 2.0
+# O_PATH opens a directory to hold and check it, without needing read access.
+_O_PATH: int = getattr(os, "O_PATH", os.O_RDONLY)
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -67,8 +75,12 @@ def safe_name(name: str) -> str:
     return cleaned or "app"
 
 
-def ensure_directory(path: str, private: bool) -> None:
-    """Create the stats directory if needed and check that it is safe to use.
+def open_directory(path: str, private: bool) -> int:
+    """Create the stats directory if needed, check it and return an fd on it.
+
+    The checks apply to the directory the fd refers to, opened without
+    following a symlink, and files are then created relative to that fd:
+    swapping the path for something else after the check changes nothing.
 
     :raises OSError: when the directory cannot be created or is unsafe; the
         message names the path and the reason.
@@ -87,14 +99,36 @@ def ensure_directory(path: str, private: bool) -> None:
         raise OSError(f"{path!r} is a symlink, not a directory")
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(f"{path!r} is not a directory")
+    flags = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise OSError(f"{path!r} cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(f"{path!r} is not a directory")
+        _check_directory(path, st, private)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_directory(path: str, st: os.stat_result, private: bool) -> None:
     uid = os.getuid()
+    mode = stat.S_IMODE(st.st_mode)
     if private:
         if st.st_uid != uid:
             raise OSError(f"{path!r} is owned by uid {st.st_uid}, not {uid}")
-        if st.st_mode & 0o077:
-            raise OSError(f"{path!r} has mode {stat.S_IMODE(st.st_mode):o}, not 700")
-    elif st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX and st.st_uid != uid:
-        raise OSError(f"{path!r} is world-writable and owned by uid {st.st_uid}")
+        if mode & 0o077:
+            raise OSError(f"{path!r} has mode {mode:o}, not 700")
+    elif mode & 0o002 and not mode & stat.S_ISVTX:
+        # Anyone could remove, rename or plant files in it.
+        raise OSError(
+            f"{path!r} is world-writable (mode {mode:o}) without the sticky "
+            f"bit and owned by uid {st.st_uid}"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise OSError(f"{path!r} is not writable by uid {uid}")
 
@@ -109,13 +143,21 @@ def _read_proc(path: str) -> str:
 
 def process_start_ticks(pid: int) -> int:
     """Return field 22 of ``/proc/<pid>/stat`` (0 when unknown)."""
+    return process_state(pid)[1]
+
+
+def process_state(pid: int) -> tuple[str, int]:
+    """Return fields 3 (state, ``Z`` for a zombie) and 22 of ``/proc/<pid>/stat``.
+
+    ``("", 0)`` when unknown.
+    """
     text = _read_proc(f"/proc/{pid}/stat")
     # The command name in parentheses may hold spaces; fields follow the last ")".
     tail = text.rpartition(")")[2].split()
     try:
-        return int(tail[19])
+        return tail[0], int(tail[19])
     except (IndexError, ValueError):
-        return 0
+        return "", 0
 
 
 def boot_time() -> float:
@@ -159,16 +201,22 @@ class _Chunk:
 
 
 class Cell:
-    """A record's location: the chunk views and the word index of its payload."""
+    """A record's location: the chunk views and the word index of its payload.
 
-    __slots__ = ("q", "d", "b", "word", "byte")
+    ``generation`` is the writer's generation when the record was allocated:
+    once the writer moves to a new file (after a fork, or when the file was
+    removed), a record of an older generation belongs to another file.
+    """
 
-    def __init__(self, chunk: Any, byte: int) -> None:
+    __slots__ = ("q", "d", "b", "word", "byte", "generation")
+
+    def __init__(self, chunk: Any, byte: int, generation: int = 0) -> None:
         self.q = chunk.q
         self.d = chunk.d
         self.b = chunk.b
         self.byte = byte
         self.word = byte // 8
+        self.generation = generation
 
 
 class _Sink:
@@ -219,6 +267,8 @@ class FileWriter:
         self.end = F.HEADER_SIZE  # next free byte in the file
         self.file_size = 0
         self.disabled: str | None = None
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino)
+        self.next_check = 0.0
         self.metric_ids: dict[Any, int] = {}
         self.free_thread_slots: list[int] = []
         self.next_thread_slot = 0
@@ -249,39 +299,59 @@ class FileWriter:
         The file is written under a temporary name and then linked to its
         final name, so a reader never sees a file without its header, and
         ``link`` fails rather than replace or follow anything planted there.
+        Both names are opened relative to the checked directory's fd, with
+        ``O_EXCL | O_NOFOLLOW``: no symlink is ever followed or written
+        through.
         """
         if self.path is not None or self.disabled is not None:
             return
         path = None
         try:
-            ensure_directory(self.directory, self.private)
-            token = secrets.token_hex(4)
-            base = f"{self.name}.{os.getpid()}.{token}"
-            path = os.path.join(self.directory, base + F.SUFFIX)
-            tmp = os.path.join(self.directory, f".{base}.new")
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, 0o600)
+            dfd = open_directory(self.directory, self.private)
             try:
-                os.posix_fallocate(fd, 0, CHUNK_SIZE)
-                chunk = _Chunk(fd, 0, CHUNK_SIZE)
-                self._write_header(chunk)
-                os.link(tmp, path, follow_symlinks=False)
-            except BaseException:
-                os.close(fd)
-                raise
+                token = secrets.token_hex(4)
+                base = f"{self.name}.{os.getpid()}.{token}"
+                path = os.path.join(self.directory, base + F.SUFFIX)
+                fd, chunk, identity = self._create(dfd, base)
             finally:
-                os.unlink(tmp)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
+                os.close(dfd)
+        except Exception as exc:  # OSError, or the host's name failing to encode
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             self._disable(path or self.directory, reason)
             return
 
         self.fd = fd
+        self.identity = identity
         self.file_size = CHUNK_SIZE
         self.chunks.append(chunk)
         self.header = chunk
         self.path = path
         log.debug("Created stats file %s for pid %d", path, os.getpid())
+
+    def _create(self, dfd: int, base: str) -> tuple[int, _Chunk, tuple[int, int]]:
+        """Create ``base``.mmstats in the directory ``dfd``, header written."""
+        tmp = f".{base}.new"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        try:
+            os.posix_fallocate(fd, 0, CHUNK_SIZE)
+            chunk = _Chunk(fd, 0, CHUNK_SIZE)
+            self._write_header(chunk)
+            os.link(
+                tmp,
+                base + F.SUFFIX,
+                src_dir_fd=dfd,
+                dst_dir_fd=dfd,
+                follow_symlinks=False,
+            )
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+        return fd, chunk, (st.st_dev, st.st_ino)
 
     def _disable(self, path: str, reason: str) -> None:
         self.disabled = reason
@@ -311,7 +381,7 @@ class FileWriter:
         d[F.H_CREATED // 8] = time.time()
         q[F.H_PIDNS // 8] = pid_namespace()
         put_string(b, F.H_BOOT_ID, F.BOOT_ID_SIZE, boot_id().encode())
-        put_string(b, F.H_HOSTNAME, F.HOSTNAME_SIZE, socket.gethostname().encode())
+        put_string(b, F.H_HOSTNAME, F.HOSTNAME_SIZE, F.encode(socket.gethostname()))
         put_string(b, F.H_NAME, F.NAME_SIZE, self.name.encode())
         put_string(b, F.H_COMMAND, F.COMMAND_SIZE, _command_line().encode())
         # The used length goes last: it tells a reader the header is complete.
@@ -326,7 +396,7 @@ class FileWriter:
         if self.path is None:
             self._open()
         if self.disabled is not None:
-            return Cell(_Sink(size), 0)
+            return Cell(_Sink(size), 0, self.generation)
 
         size = F.round8(size)
         chunk = self.chunks[-1]
@@ -335,8 +405,11 @@ class FileWriter:
             try:
                 chunk = self._grow(size)
             except OSError as exc:
+                assert self.header is not None
+                # Tell readers: what is added from now on is not in the file.
+                self.header.q[F.H_FLAGS // 8] |= F.FLAG_GROW_FAILED
                 self._disable(self.path or self.directory, exc.strerror or str(exc))
-                return Cell(_Sink(size), 0)
+                return Cell(_Sink(size), 0, self.generation)
             offset = self.end - chunk.offset
 
         fill(chunk, offset)
@@ -345,7 +418,7 @@ class FileWriter:
         assert self.header is not None
         # Publish: a reader reads records only up to the used length.
         self.header.q[F.H_USED // 8] = self.end
-        return Cell(chunk, offset)
+        return Cell(chunk, offset, self.generation)
 
     def _grow(self, size: int) -> _Chunk:
         """Map a new chunk at the end of the file, padding the old one's tail."""
@@ -373,7 +446,10 @@ class FileWriter:
         if mid is not None:
             return mid
         mid = len(self.metric_ids) + 1
-        blob = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            blob = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # a lone surrogate in a name: JSON escapes it
+            blob = json.dumps(meta, separators=(",", ":")).encode()
         fixed = F.METRIC_FIXED
 
         def fill(chunk: Any, off: int) -> None:
@@ -420,6 +496,62 @@ class FileWriter:
         self.header.d[F.H_CLOSED_AT // 8] = time.time()
         self.header.q[F.H_CLOSED // 8] = 1
 
+    # -- a file removed under a live process ------------------------------------
+
+    def check(self, now: float) -> None:
+        """Start a new file if this one was removed; at most every few seconds.
+
+        ``now`` is a ``time.monotonic()`` reading.  Costs one ``stat`` per
+        :data:`FILE_CHECK_SECONDS`, and nothing between.
+        """
+        if now < self.next_check:
+            return
+        self.next_check = now + FILE_CHECK_SECONDS
+        if os.getpid() != _forked_pid:
+            after_fork_in_child()  # forked by something that ran no hook
+            return
+        if self.file_removed():
+            self.reopen()
+
+    def file_removed(self) -> bool:
+        """Return whether this process's file is gone from its directory.
+
+        Gone means its name is missing, its directory is, or the name now
+        belongs to another file.
+        """
+        path = self.path
+        if path is None or self.pid != os.getpid():
+            return False
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False  # cannot tell (permissions changed): keep writing
+        return (st.st_dev, st.st_ino) != self.identity
+
+    def reopen(self) -> None:
+        """Drop a removed file and write to a new one from the next write on.
+
+        Nothing is carried over: the removed file's values were removed with
+        it.  Records of the old file held by other threads are dropped, not
+        unmapped, so a write racing this call lands in the old mapping.
+        """
+        with self.lock:
+            if not self.file_removed():
+                return  # another thread did it already
+            log.warning(
+                "Stats file %r of pid %d was removed; writing a new file from now on.",
+                self.path,
+                os.getpid(),
+            )
+            fd = self.fd
+            self.generation += 1
+            self._reset_state()
+            for hook in list(self.reset_hooks):
+                hook()
+        os.close(fd)
+
     def reset_after_fork(self) -> None:
         """Forget the parent's file: the child writes a new file of its own.
 
@@ -427,11 +559,15 @@ class FileWriter:
         never fault; they are only ever written through records of the old
         generation, which nothing reaches any more.
         """
+        fd = self.fd
         self.lock = threading.Lock()
         self.generation += 1
         self._reset_state()
         for hook in list(self.reset_hooks):
             hook()
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the child's copy; the parent keeps its own
 
 
 def put_string(b: Any, offset: int, size: int, data: bytes) -> None:
@@ -461,12 +597,48 @@ def get_writer(
     return writer
 
 
-def _after_fork_in_child() -> None:
-    global _writers_lock
+_fork_hooks: list[Callable[[], None]] = []
+_forked_pid = os.getpid()
+
+
+def on_fork(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in every child process, before it writes anything."""
+    _fork_hooks.append(hook)
+
+
+def after_fork_in_child() -> None:
+    """Forget everything of the parent: run by every fork path we can see.
+
+    ``os.fork()`` runs it through :func:`os.register_at_fork`; uWSGI, which
+    forks from C without those hooks, through ``uwsgi.post_fork_hook``; and
+    :meth:`FileWriter.check` when it finds the pid changed anyway.
+    """
+    global _writers_lock, _forked_pid
+    if _forked_pid == os.getpid():
+        return  # already done for this process
+    _forked_pid = os.getpid()
     # A lock held by another thread at fork time would never be released.
     _writers_lock = threading.Lock()
+    for hook in list(_fork_hooks):
+        hook()
     for writer in list(_writers.values()):
         writer.reset_after_fork()
+
+
+def _install_uwsgi_hook() -> None:
+    """Chain our reset into uWSGI's post-fork hook when running under uWSGI."""
+    try:
+        uwsgi = importlib.import_module("uwsgi")  # exists only inside uWSGI
+    except ImportError:
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+
+    def post_fork() -> None:
+        after_fork_in_child()
+        if previous is not None:
+            previous()
+
+    setattr(uwsgi, "post_fork_hook", post_fork)  # noqa: B010
 
 
 def _close_all() -> None:
@@ -474,5 +646,6 @@ def _close_all() -> None:
         writer.close()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=after_fork_in_child)
 atexit.register(_close_all)
+_install_uwsgi_hook()

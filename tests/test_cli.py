@@ -422,9 +422,11 @@ class TestJson:
             "read_at",
             "workers",
             "bad_files",
+            "problems",
             "archive",
             "totals",
         }
+        assert doc["problems"] == []
         worker_keys = {
             "file",
             "name",
@@ -438,6 +440,7 @@ class TestJson:
             "heartbeat",
             "version",
             "size",
+            "problem",
             "metrics",
             "slots",
             "slow",

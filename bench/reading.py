@@ -1,0 +1,413 @@
+"""Section: reading the workers' files, their size, and recycled workers.
+
+Forks real worker processes (bench/_workers.py) that write mmstats files and
+prometheus_client multiprocess files for the same requests, then times
+``mmstats show``, ``mmstats json`` and a scrape against prometheus_client's
+MultiProcessCollector over 1 to 256 workers, and again after 1,000
+recycled workers, with and without ``mmstats clean``.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import _util
+
+# prometheus_client picks its multiprocess value class when it is imported;
+# each worker then points it at its directory before making its metrics.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.devnull)
+
+import _workers  # noqa: E402
+import prometheus_client  # noqa: E402, F401  imported once, before the forks
+
+import mmstats_wsgi  # noqa: E402, F401
+
+
+def make_workers(
+    root: str, live: int, recycled: int, requests: int, recycled_requests: int
+) -> tuple[list[int], list[int], int, dict[str, float]]:
+    """Fork live and recycled workers; return their pids and the release fd."""
+    mm_all = os.path.join(root, "mm-all")
+    prom_all = os.path.join(root, "prom-all")
+    mm_gone = os.path.join(root, "mm-gone")
+    prom_gone = os.path.join(root, "prom-gone")
+    for path in (mm_all, prom_all, mm_gone, prom_gone):
+        os.makedirs(path, mode=0o700)
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    ready_r, ready_w = os.pipe()
+    release_r, release_w = os.pipe()
+    live_pids = []
+    for i in range(live):
+        hold = (ready_w, release_r, release_w)
+        live_pids.append(_workers.fork_worker(mm_all, prom_all, i, requests, hold))
+        if i % 2:  # two at a time: the machine has two cores
+            _wait_ready(ready_r, 2)
+    _wait_ready(ready_r, live % 2)
+    os.close(ready_w)
+    os.close(ready_r)
+    os.close(release_r)
+    timings["live_workers_seconds"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    gone_pids = []
+    running: list[int] = []
+    for i in range(recycled):
+        pid = _workers.fork_worker(
+            mm_gone, prom_gone, 100_000 + i, recycled_requests, None
+        )
+        gone_pids.append(pid)
+        running.append(pid)
+        if len(running) >= 2:
+            _reap(running.pop(0))
+    for pid in running:
+        _reap(pid)
+    timings["recycled_workers_seconds"] = time.perf_counter() - start
+    return live_pids, gone_pids, release_w, timings
+
+
+def _wait_ready(fd: int, n: int) -> None:
+    got = 0
+    while got < n:
+        data = os.read(fd, n - got)
+        if not data:
+            raise RuntimeError("a worker died before it was ready")
+        got += len(data)
+
+
+def _reap(pid: int) -> None:
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"worker {pid} failed with status {status}")
+
+
+def _mm_files(directory: str, pid: int) -> list[str]:
+    return glob.glob(os.path.join(directory, f"bench.{pid}.*.mmstats"))
+
+
+def _prom_files(directory: str, pid: int) -> list[str]:
+    return glob.glob(os.path.join(directory, f"*_{pid}.db"))
+
+
+def link_dir(target: str, sources: list[str]) -> None:
+    """Make ``target`` hold hard links to ``sources`` (same files, no copy)."""
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    for path in sources:
+        os.link(path, os.path.join(target, os.path.basename(path)))
+
+
+def build_dirs(
+    root: str, counts: tuple[int, ...], live: list[int], gone: list[int]
+) -> dict[str, str]:
+    """Lay out directories of N workers by hard links; return them by key."""
+    mm_all = os.path.join(root, "mm-all")
+    prom_all = os.path.join(root, "prom-all")
+    mm_gone = os.path.join(root, "mm-gone")
+    prom_gone = os.path.join(root, "prom-gone")
+    dirs = {}
+    for n in counts:
+        pids = live[:n]
+        dirs[f"mm-{n}"] = d = os.path.join(root, f"mm-{n}")
+        link_dir(d, [f for p in pids for f in _mm_files(mm_all, p)])
+        dirs[f"prom-{n}"] = d = os.path.join(root, f"prom-{n}")
+        link_dir(d, [f for p in pids for f in _prom_files(prom_all, p)])
+
+    base = counts[-2] if len(counts) > 2 else counts[-1]
+    pids = live[:base]
+    dirs["base"] = str(base)
+    mm = dirs["mm-recycled"] = os.path.join(root, "mm-recycled")
+    link_dir(mm, [f for p in pids for f in _mm_files(mm_all, p)])
+    link_dir(mm, sorted(glob.glob(os.path.join(mm_gone, "*.mmstats"))))
+    prom = dirs["prom-recycled"] = os.path.join(root, "prom-recycled")
+    link_dir(prom, [f for p in pids for f in _prom_files(prom_all, p)])
+    link_dir(prom, sorted(glob.glob(os.path.join(prom_gone, "*.db"))))
+    from prometheus_client import multiprocess
+
+    for pid in gone:  # what prometheus_client asks gunicorn's child_exit to do
+        multiprocess.mark_process_dead(pid, prom)
+    cleaned = dirs["mm-recycled-clean"] = os.path.join(root, "mm-recycled-clean")
+    link_dir(cleaned, sorted(glob.glob(os.path.join(mm, "*.mmstats"))))
+    return dirs
+
+
+def clean_dir(directory: str) -> dict[str, Any]:
+    import mmstats
+
+    start = time.perf_counter()
+    result = mmstats.clean(directory)
+    took = time.perf_counter() - start
+    return {
+        "seconds": took,
+        "folded": len(result.folded),
+        "kept_alive": result.kept_alive,
+        "files_left": len(glob.glob(os.path.join(directory, "*.mmstats"))),
+    }
+
+
+# -- the readers -------------------------------------------------------------
+
+
+def mm_show(directory: str) -> Callable[[], object]:
+    from mmstats._cli import CliContext, cli
+
+    def run() -> object:
+        out, err = io.StringIO(), io.StringIO()
+        cli.main(
+            ["show", "--dir", directory],
+            prog_name="mmstats",
+            obj=CliContext(out=out, err=err),
+            standalone_mode=False,
+        )
+        if err.getvalue():
+            raise RuntimeError(f"mmstats show failed: {err.getvalue()}")
+        return out.getvalue()
+
+    return run
+
+
+def mm_json(directory: str) -> Callable[[], object]:
+    from mmstats._cli import CliContext, cli
+
+    def run() -> object:
+        out, err = io.StringIO(), io.StringIO()
+        cli.main(
+            ["json", "--dir", directory],
+            prog_name="mmstats",
+            obj=CliContext(out=out, err=err),
+            standalone_mode=False,
+        )
+        if err.getvalue():
+            raise RuntimeError(f"mmstats json failed: {err.getvalue()}")
+        return out.getvalue()
+
+    return run
+
+
+def mm_scrape(directory: str) -> Callable[[], object]:
+    import mmstats
+
+    return lambda: mmstats.scrape(directory)
+
+
+def prom_collect(directory: str) -> Callable[[], object]:
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return lambda: list(registry.collect())
+
+
+def prom_scrape(directory: str) -> Callable[[], object]:
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return lambda: generate_latest(registry)
+
+
+READERS: dict[str, tuple[str, Callable[[str], Callable[[], object]]]] = {
+    "mmstats show": ("mm", mm_show),
+    "mmstats json": ("mm", mm_json),
+    "mmstats scrape": ("mm", mm_scrape),
+    "prometheus_client collect": ("prom", prom_collect),
+    "prometheus_client collect + generate_latest": ("prom", prom_scrape),
+}
+
+
+def _contender(func: Callable[[], object], seconds: float) -> Callable[[], float]:
+    took = _util.timed(func)  # also the warm-up: page cache, imports
+    took = min(took, _util.timed(func))
+    n = max(1, int(seconds / max(took, 1e-9)))
+
+    def run() -> float:
+        start = _util.clock()
+        for _ in range(n):
+            func()
+        return (_util.clock() - start) / n
+
+    return run
+
+
+def measure_reads(
+    dirs: dict[str, str], counts: tuple[int, ...], quick: bool
+) -> dict[str, Any]:
+    """Time every reader over every directory in interleaved rounds."""
+    seconds = 0.005 if quick else 0.05
+    rounds = 2 if quick else 5
+    scenarios = [str(n) for n in counts] + ["recycled", "recycled-clean"]
+    contenders = {}
+    for scenario in scenarios:
+        for reader, (kind, make) in READERS.items():
+            key = f"{kind}-{scenario}"
+            if key not in dirs:
+                continue  # prometheus_client has no clean
+            contenders[f"{reader}|{scenario}"] = _contender(make(dirs[key]), seconds)
+    samples = _util.interleave(contenders, rounds)
+    rows = []
+    for key, values in samples.items():
+        reader, scenario = key.split("|")
+        rows.append(
+            {"reader": reader, "scenario": scenario, "ms": _util.summary(values, 1e3)}
+        )
+    return {"rounds": rounds, "rows": rows}
+
+
+def _mmstats_command() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "mmstats")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "import sys, mmstats._cli as c; sys.exit(c.main())"]
+
+
+def command_cpu_seconds(argv: list[str]) -> float:
+    """Run a command; return the CPU seconds (user + system) it used."""
+    with subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} exited {proc.returncode}: {err!r}")
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def measure_commands(
+    dirs: dict[str, str], counts: tuple[int, ...], quick: bool
+) -> dict[str, Any]:
+    """Time whole commands, interpreter start included, in interleaved rounds.
+
+    A command's time is the CPU time it used, user and system, from the
+    kernel's accounting of the child.
+    """
+    mmstats_cmd = _mmstats_command()
+    prom_cmd = [sys.executable, os.path.join(_util.BENCH, "_prom_read.py")]
+    scenarios = [str(counts[0]), str(counts[-1])]
+    if len(counts) > 2:
+        scenarios.insert(1, dirs["base"])
+    commands: dict[str, list[str]] = {
+        "python -c pass|-": [sys.executable, "-c", "pass"]
+    }
+    for scenario in scenarios:
+        mm, prom = dirs[f"mm-{scenario}"], dirs[f"prom-{scenario}"]
+        commands[f"mmstats show|{scenario}"] = [*mmstats_cmd, "show", "--dir", mm]
+        commands[f"mmstats json|{scenario}"] = [*mmstats_cmd, "json", "--dir", mm]
+        commands[f"prometheus_client collect + generate_latest|{scenario}"] = [
+            *prom_cmd,
+            prom,
+        ]
+
+    def contender(argv: list[str]) -> Callable[[], float]:
+        def run() -> float:
+            return command_cpu_seconds(argv)
+
+        return run
+
+    rounds = 1 if quick else 5
+    samples = _util.interleave({k: contender(v) for k, v in commands.items()}, rounds)
+    rows = []
+    for key, values in samples.items():
+        reader, scenario = key.split("|")
+        rows.append(
+            {"reader": reader, "scenario": scenario, "ms": _util.summary(values, 1e3)}
+        )
+    return {"rounds": rounds, "rows": rows}
+
+
+def _prom_used(path: str) -> int:
+    with open(path, "rb") as f:
+        return int(struct.unpack("i", f.read(4))[0])
+
+
+def measure_size(root: str, live: list[int]) -> dict[str, Any]:
+    """Bytes per worker: file sizes, disk blocks and bytes in use."""
+    import mmstats
+
+    mm_all = os.path.join(root, "mm-all")
+    prom_all = os.path.join(root, "prom-all")
+    mm: dict[str, list[float]] = {"size": [], "disk": [], "used": [], "files": []}
+    prom: dict[str, list[float]] = {"size": [], "disk": [], "used": [], "files": []}
+    for pid in live:
+        files = _mm_files(mm_all, pid)
+        mm["files"].append(len(files))
+        mm["size"].append(sum(os.stat(p).st_size for p in files))
+        mm["disk"].append(sum(os.stat(p).st_blocks * 512 for p in files))
+        mm["used"].append(sum(mmstats.read_file(p).used for p in files))
+        files = _prom_files(prom_all, pid)
+        prom["files"].append(len(files))
+        prom["size"].append(sum(os.stat(p).st_size for p in files))
+        prom["disk"].append(sum(os.stat(p).st_blocks * 512 for p in files))
+        prom["used"].append(sum(_prom_used(p) for p in files))
+    return {
+        "mmstats": {k: _util.median(v) for k, v in mm.items()},
+        "prometheus_client": {k: _util.median(v) for k, v in prom.items()},
+        "prometheus_client_files": sorted(
+            {
+                os.path.basename(p).rsplit("_", 1)[0]
+                for p in _prom_files(prom_all, live[0])
+            }
+        ),
+    }
+
+
+def main() -> None:
+    args = _util.section_args(__doc__ or "")
+    counts = (1, 8) if args.quick else (1, 8, 64, 256)
+    recycled = 20 if args.quick else 1000
+    requests = 100 if args.quick else 1000
+    root = os.path.join(args.workdir, "reading")
+    os.makedirs(root, mode=0o700)
+
+    _util.log(f"reading: forking {counts[-1]} live and {recycled} recycled workers")
+    live, gone, release, timings = make_workers(
+        root, counts[-1], recycled, requests, 200
+    )
+    try:
+        dirs = build_dirs(root, counts, live, gone)
+        cleaned = clean_dir(dirs["mm-recycled-clean"])
+        _util.log("reading: in-process readers")
+        reads = measure_reads(dirs, counts, args.quick)
+        _util.log("reading: whole commands")
+        commands = measure_commands(dirs, counts, args.quick)
+        size = measure_size(root, live)
+    finally:
+        os.close(release)
+        for pid in live:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    _util.write_results(
+        args.json,
+        {
+            "counts": counts,
+            "base": int(dirs["base"]),
+            "recycled": recycled,
+            "requests_per_live_worker": requests,
+            "requests_per_recycled_worker": 200,
+            "slow_seconds": _workers.SLOW_SECONDS,
+            "median_request_seconds": _workers.MEDIAN_SECONDS,
+            "setup": timings,
+            "clean": cleaned,
+            "in_process": reads,
+            "commands": commands,
+            "size": size,
+        },
+    )
+    if not args.quick:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
