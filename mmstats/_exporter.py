@@ -140,6 +140,10 @@ def _histogram(w: _Writer, family: str, s: Series) -> None:
         le = format_value(hist.bounds(k)[1])
         w.sample(family + "_bucket", [*labels, ("le", le)], cumulative)
     w.sample(family + "_bucket", [*labels, ("le", "+Inf")], hist.count)
+    if w.openmetrics and not hist.sum >= 0:
+        # OpenMetrics allows no negative or NaN _sum (negative or NaN
+        # observations), and _count only with _sum: the buckets remain.
+        return
     w.sample(family + "_count", labels, hist.count)
     w.sample(family + "_sum", labels, hist.sum)
 
