@@ -389,11 +389,14 @@ def render(res: Results, meta: Results, plot_name: str | None) -> str:
     out += ["## Goals", ""]
     if missed:
         out += [
-            f"mmstats misses {len(missed)} of the {len(goal_rows)} goals below: "
-            + "; ".join(g[0] for g in missed)
-            + ".",
+            f"mmstats misses {len(missed)} of the {len(goal_rows)} goals below:",
             "",
         ]
+        out += [
+            f"- {goal}: {measured}, target {target}."
+            for goal, measured, target, _ in missed
+        ]
+        out += [""]
     else:
         out += ["mmstats meets every goal below that could be measured.", ""]
     out += [

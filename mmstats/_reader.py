@@ -657,7 +657,25 @@ def _clean(value: object) -> str:
     return text(F.encode(str(value)))
 
 
+# Metric records are written once and never change, and every worker of an
+# app has the same ones: decoded records are kept by their bytes.
+_metric_cache: dict[bytes, tuple[int, dict[str, Any]]] = {}
+_METRIC_CACHE_MAX = 50_000
+
+
 def _parse_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
+    key = bytes(b[off + 8 : off + rsize])
+    cached = _metric_cache.get(key)
+    if cached is not None:
+        return cached
+    parsed = _decode_metric(b, off, rsize)
+    if len(_metric_cache) >= _METRIC_CACHE_MAX:
+        _metric_cache.clear()
+    _metric_cache[key] = parsed
+    return parsed
+
+
+def _decode_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
     fixed = F.METRIC_FIXED
     if rsize < fixed.size:
         raise ValueError(f"metric record at byte {off} is too short")
@@ -761,9 +779,8 @@ def _read_histogram(
     end = (word + F.HIST_BUCKETS + n) * 8
     data, _, _ = _stable(b, q, word, word * 8, end, live, patience)
     view = memoryview(data)
-    words = view.cast("q").tolist()
-    buckets = {k: c for k, c in enumerate(words[F.HIST_BUCKETS :]) if c}
-    if min(buckets.values(), default=0) < 0:
+    buckets = _nonzero_buckets(data, 8 * F.HIST_BUCKETS)
+    if buckets and min(buckets.values()) < 0:
         raise ValueError("histogram cell has a negative bucket count")
     sum_value: float = view.cast("d")[F.HIST_SUM]
     # The buckets are the truth for the count: equal to the count word in a
@@ -773,6 +790,21 @@ def _read_histogram(
     return HistogramValue(
         meta["lo"], meta["gamma"], meta["integer"], count, sum_value, buckets
     )
+
+
+def _nonzero_buckets(data: bytes, start: int) -> dict[int, int]:
+    """Return {bucket: count} of the non-zero u64 words from byte ``start``.
+
+    Only the span between the first and last non-zero byte is looked at
+    word by word: a request histogram fills a few dozen of its buckets.
+    """
+    body = data[start:]
+    tail = len(body.rstrip(b"\0"))
+    if not tail:
+        return {}
+    head = (len(body) - len(body.lstrip(b"\0"))) // 8
+    words = memoryview(body)[head * 8 : (tail + 7) // 8 * 8].cast("q").tolist()
+    return {head + k: c for k, c in enumerate(words) if c}
 
 
 def _read_text(
@@ -854,36 +886,61 @@ def _parse_ring(
         or 16 + capacity * entry_size > rsize
     ):
         raise ValueError(f"slow ring at byte {off} has a bad size")
-    for i in range(capacity):
-        start = off + 16 + i * entry_size
-        if q[start // 8 + F.E_GEN] == 0:
+    # One copy of the whole ring, then the generations read again from the
+    # file: an entry whose generation is the same, even and not 0 in both
+    # was complete and unchanged while copied.  Others are copied alone.
+    base = off + 16
+    ring = bytes(b[base : base + capacity * entry_size])
+    stride = entry_size // 8
+    copied = memoryview(ring).cast("q")[::stride].tolist()[:capacity]
+    now = q[base // 8 : base // 8 + capacity * stride : stride].tolist()
+    for i, gen in enumerate(copied):
+        if gen == 0 and now[i] == 0:
             continue
-        end = start + entry_size
-        data, gen, settled = _stable(b, q, start // 8, start, end, live, patience)
-        if not settled:
-            continue  # a writer killed mid-entry: the entry is incomplete
-        words = memoryview(data).cast("q")
-        floats = memoryview(data).cast("d")
-        s = 8 * F.E_STRINGS
-        worker.slow.append(
-            SlowEntry(
-                seq=gen // 2,
-                pid=worker.pid,
-                hostname=worker.hostname,
-                end=floats[F.E_END],
-                start=floats[F.E_START],
-                duration=floats[F.E_DURATION],
-                status=words[F.E_STATUS],
-                queries=words[F.E_QUERIES],
-                db_seconds=floats[F.E_DB_SECONDS],
-                memory_delta=words[F.E_MEMORY_DELTA],
-                load_delta=floats[F.E_LOAD_DELTA],
-                method=_get_string(data, s, F.METHOD_SIZE),
-                path=_get_string(data, s + F.METHOD_SIZE, F.PATH_SIZE),
-                view=_get_string(data, s + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE),
+        start = base + i * entry_size
+        if gen == now[i] and gen and not gen & 1:
+            data = ring[i * entry_size : (i + 1) * entry_size]
+        else:
+            data, gen, settled = _stable(
+                b, q, start // 8, start, start + entry_size, live, patience
             )
-        )
+            if not settled or not gen:
+                continue  # a writer killed mid-entry: the entry is incomplete
+        worker.slow.append(_slow_entry(worker, data, gen))
     worker.slow.sort(key=lambda e: e.seq, reverse=True)
+
+
+_ENTRY = struct.Struct(f"=qddqqdqdd{F.METHOD_SIZE}s{F.PATH_SIZE}s{F.VIEW_SIZE}s")
+
+
+def _entry_string(field: bytes) -> str:
+    n = int.from_bytes(field[:2], F.NATIVE_ORDER)
+    if n > len(field) - 2:
+        raise ValueError(f"slow entry string claims {n} bytes of {len(field) - 2}")
+    return text(field[2 : 2 + n])
+
+
+def _slow_entry(worker: Worker, data: bytes, gen: int) -> SlowEntry:
+    """Build a slow entry from a consistent copy of its bytes."""
+    (_, end, duration, status, queries, db, memory, load, start, method, path, view) = (
+        _ENTRY.unpack_from(data)
+    )
+    return SlowEntry(
+        seq=gen // 2,
+        pid=worker.pid,
+        hostname=worker.hostname,
+        end=end,
+        start=start,
+        duration=duration,
+        status=status,
+        queries=queries,
+        db_seconds=db,
+        memory_delta=memory,
+        load_delta=load,
+        method=_entry_string(method),
+        path=_entry_string(path),
+        view=_entry_string(view),
+    )
 
 
 # -- a directory --------------------------------------------------------------
@@ -916,53 +973,78 @@ class Snapshot:
         return entries[:limit] if limit is not None else entries
 
 
+FINAL_STATES = ("dead", "closed")
+
+
 def aggregate(
     workers: Iterable[Worker], archive: Archive | None = None
 ) -> dict[tuple[str, LabelKey], Series]:
     """Add workers up: counters and histograms summed, gauges as GaugeTotal.
 
     Gauges are taken from live workers (and workers of other hosts) only.
+    The sum over dead and closed workers, whose files no longer change, is
+    kept between calls, so a long-running reader (``serve``, ``top``, the
+    page) pays for them once, not on every read.
     """
-    totals: dict[tuple[str, LabelKey], Series] = {}
     workers = list(workers)
-    series_lists = [w.series for w in workers]
-    # A gauge is a reading of a running process: dead and closed workers'
-    # last readings (in flight, memory) are not part of the present.
-    stale = {id(w.series) for w in workers if w.state in ("dead", "closed")}
+    final = [w for w in workers if w.state in FINAL_STATES]
+    # Only workers held by the read cache are known never to change (a
+    # caller may pass edited copies): those are summed once and kept.
+    kept = all(_finals.get(w.path, (None, None))[1] is w for w in final)
+    key = tuple(sorted(id(w) for w in final)) if kept else None
+    if key is None or _final_sum[0] != key:
+        base: dict[tuple[str, LabelKey], Series] = {}
+        for w in final:
+            _add_series(base, w.series, gauges=False)
+        _final_sum[:] = [key, base]
+    totals = {k: _copy_series(s) for k, s in _final_sum[1].items()}
+    for w in workers:
+        if w.state not in FINAL_STATES:
+            _add_series(totals, w.series, gauges=True)
     if archive is not None:
-        series_lists.append(archive.series)
-    for series_list in series_lists:
-        past = id(series_list) in stale
-        for s in series_list:
-            if s.kind == "text" or (past and s.kind == "gauge"):
-                continue
-            key = s.key
-            have = totals.get(key)
-            if have is None:
-                value: Any = s.value
-                if s.kind == "histogram":
-                    value = s.value.copy()
-                elif s.kind == "gauge":
-                    value = GaugeTotal(s.value, s.value, s.value, 1)
-                totals[key] = Series(
-                    s.name, s.kind, s.help, s.unit, dict(s.labels), value
-                )
-            elif have.kind != s.kind:
-                continue  # a name reused with another kind: keep the first
-            elif s.kind == "histogram":
-                try:
-                    have.value.merge(s.value)
-                except ValueError:
-                    continue
-            elif s.kind == "gauge":
-                g = have.value
-                g.sum += s.value
-                g.min = min(g.min, s.value)
-                g.max = max(g.max, s.value)
-                g.workers += 1
-            else:
-                have.value += s.value
+        _add_series(totals, archive.series, gauges=False)
     return totals
+
+
+_final_sum: list[Any] = [None, {}]
+
+
+def _copy_series(s: Series) -> Series:
+    value = s.value.copy() if s.kind == "histogram" else s.value
+    return Series(s.name, s.kind, s.help, s.unit, s.labels, value)
+
+
+def _add_series(
+    totals: dict[tuple[str, LabelKey], Series], found: list[Series], gauges: bool
+) -> None:
+    """Add one worker's (or the archive's) series into ``totals``."""
+    for s in found:
+        if s.kind == "text" or (not gauges and s.kind == "gauge"):
+            continue
+        key = s.key
+        have = totals.get(key)
+        if have is None:
+            value: Any = s.value
+            if s.kind == "histogram":
+                value = s.value.copy()
+            elif s.kind == "gauge":
+                value = GaugeTotal(s.value, s.value, s.value, 1)
+            totals[key] = Series(s.name, s.kind, s.help, s.unit, dict(s.labels), value)
+        elif have.kind != s.kind:
+            continue  # a name reused with another kind: keep the first
+        elif s.kind == "histogram":
+            try:
+                have.value.merge(s.value)
+            except ValueError:
+                continue
+        elif s.kind == "gauge":
+            g = have.value
+            g.sum += s.value
+            g.min = min(g.min, s.value)
+            g.max = max(g.max, s.value)
+            g.workers += 1
+        else:
+            have.value += s.value
 
 
 _logged_bad: set[str] = set()
@@ -1056,6 +1138,41 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
     return problems
 
 
+# Files of dead and closed workers never change again: a long-running
+# reader keeps what it parsed of them, checked against the file's identity.
+_finals: dict[str, tuple[tuple[int, int, int, int], Worker]] = {}
+_FINALS_MAX = 20_000
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _cached_final(path: str) -> Worker | None:
+    entry = _finals.get(path)
+    if entry is None:
+        return None
+    if _identity(path) != entry[0]:
+        del _finals[path]
+        return None
+    return entry[1]
+
+
+def _remember_final(path: str, worker: Worker) -> None:
+    if worker.state not in FINAL_STATES:
+        return
+    identity = _identity(path)
+    if identity is None:
+        return
+    if len(_finals) >= _FINALS_MAX:
+        _finals.clear()
+    _finals[path] = (identity, worker)
+
+
 def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
     """Read every stats file of a directory and its archive.
 
@@ -1073,8 +1190,14 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
             if name in archive.folded:
                 continue  # folded into the archive by a clean that is finishing
             full = os.path.join(path, name)
+            cached = _cached_final(full)
+            if cached is not None:
+                workers.append(cached)
+                continue
             try:
-                workers.append(_read_file(full, _Patience(FILE_WAIT, patience)))
+                worker = _read_file(full, _Patience(FILE_WAIT, patience))
+                workers.append(worker)
+                _remember_final(full, worker)
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True

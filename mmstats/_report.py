@@ -154,7 +154,12 @@ def dumps(doc: Any, indent: int | None = 2) -> str:
     only ever occur inside strings, where ``\\u003c`` means the same thing,
     so the text can be embedded in a ``<script>`` element unchanged.
     """
-    text = json.dumps(finite(doc), indent=indent, allow_nan=False, ensure_ascii=True)
+    try:
+        text = json.dumps(doc, indent=indent, allow_nan=False, ensure_ascii=True)
+    except ValueError:  # a NaN or infinity the document still held
+        text = json.dumps(
+            finite(doc), indent=indent, allow_nan=False, ensure_ascii=True
+        )
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
