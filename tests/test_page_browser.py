@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +25,7 @@ from typing import Any
 import pytest
 
 import mmstats
+from tests.system import ensure_program
 from tests.test_gunicorn_servers import gunicorn, serve_from_both_workers
 from tests.test_prometheus import SITE, free_port, migrate, running, wait_for
 from tests.workers import (
@@ -63,32 +62,7 @@ HOSTILE_404 = "/not-found/" + urllib.parse.quote("<script>alert(1)</script>")
 
 def ensure_chromium() -> str:
     """Return Chromium, installing Debian's packages if needed."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and apt-get cannot install it here")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, timeout=600)
-    install = subprocess.run(
-        [
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "chromium",
-            "chromium-driver",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    found = shutil.which("chromium")
-    if not found:
-        pytest.skip(f"apt-get could not install chromium: {install.stderr[-300:]}")
-    return found
+    return ensure_program("chromium", "chromium", "chromium-driver")
 
 
 def status_of(url: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.system import ensure_program
 from tests.test_exporter import samples, totals
 from tests.test_gunicorn_servers import gunicorn
 
@@ -38,24 +38,7 @@ SLOW_SECONDS = 0.35
 
 def ensure_prometheus() -> str:
     """Return the prometheus binary, installing Debian's package if needed."""
-    found = shutil.which("prometheus")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("prometheus is not installed and apt-get cannot install it here")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, timeout=600)
-    install = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    found = shutil.which("prometheus")
-    if not found:
-        pytest.skip(f"apt-get could not install prometheus: {install.stderr[-300:]}")
-    return found
+    return ensure_program("prometheus", "prometheus")
 
 
 def free_port() -> int:
