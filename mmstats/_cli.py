@@ -317,9 +317,9 @@ _wide_option = click.option(
 )
 
 
-def _read(path: str) -> Snapshot:
+def _read(path: str, slow: bool = True) -> Snapshot:
     """Read a directory, failing with status 4 when there is nothing in it."""
-    snapshot = read_directory(path)
+    snapshot = read_directory(path, slow=slow)
     _fail_if_empty(snapshot)
     return snapshot
 
@@ -354,7 +354,7 @@ def _fail_on_bad_files(app: CliContext, snapshot: Snapshot) -> None:
 @_common
 def show(app: CliContext, path: str, wide: bool) -> None:
     """One row per worker, requests in flight, dead workers and totals."""
-    snapshot = _read(path)
+    snapshot = _read(path, slow=False)
     app.console(wide).print(show_view(snapshot, wide))
     _fail_on_bad_files(app, snapshot)
 
@@ -422,7 +422,7 @@ def _frames(
     previous: tuple[Snapshot, float] | None = None
     count = 0
     while True:
-        snapshot = read_directory(path)
+        snapshot = read_directory(path, slow=False)
         now = time.monotonic()
         rates = _rates(previous[0], snapshot, now - previous[1]) if previous else None
         yield show_view(snapshot, wide, rates)

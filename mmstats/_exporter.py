@@ -242,7 +242,7 @@ def scrape(
 ) -> bytes:
     """Read a directory and return its exposition; never raises for a bad one."""
     try:
-        snapshot = read_directory(directory)
+        snapshot = read_directory(directory, slow=False)
     except MmstatsError as exc:
         return render(None, openmetrics=openmetrics, prefix=prefix, error=str(exc))
     except Exception as exc:  # a scrape must always answer

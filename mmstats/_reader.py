@@ -456,12 +456,12 @@ _PARSE_ERRORS = (
 )
 
 
-def _read_file(path: str, patience: _Patience) -> Worker:
+def _read_file(path: str, patience: _Patience, rings: bool = True) -> Worker:
     grown_to = 0
     for _attempt in range(3):
         mm, size = _open_file(path)
         try:
-            return _parse(path, mm, size, grown_to, patience)
+            return _parse(path, mm, size, grown_to, patience, rings)
         except _Grew as grew:
             # Grown between the size check and the read: map it again, and
             # read no further than what was published at the first look.
@@ -495,7 +495,14 @@ def _current_size(path: str) -> int:
         return 0
 
 
-def _parse(path: str, mm: Any, size: int, grown_to: int, patience: _Patience) -> Worker:
+def _parse(
+    path: str,
+    mm: Any,
+    size: int,
+    grown_to: int,
+    patience: _Patience,
+    rings: bool = True,
+) -> Worker:
     # A writer killed while extending its file can leave a size that is not
     # a multiple of 8; records never reach into that tail.
     size -= size % 8
@@ -503,7 +510,7 @@ def _parse(path: str, mm: Any, size: int, grown_to: int, patience: _Patience) ->
     q = d = None
     try:
         q, d = b.cast("q"), b.cast("d")
-        return _parse_views(path, b, q, d, size, grown_to, patience)
+        return _parse_views(path, b, q, d, size, grown_to, patience, rings)
     finally:
         for view in (d, q, b):
             if view is not None:
@@ -515,7 +522,14 @@ MAX_PID = 1 << 22
 
 
 def _parse_views(
-    path: str, b: Any, q: Any, d: Any, size: int, grown_to: int, patience: _Patience
+    path: str,
+    b: Any,
+    q: Any,
+    d: Any,
+    size: int,
+    grown_to: int,
+    patience: _Patience,
+    rings: bool = True,
 ) -> Worker:
     if bytes(b[0:8]) != F.MAGIC:
         raise CorruptFileError(path, "has no mmstats magic number; not a stats file")
@@ -570,7 +584,7 @@ def _parse_views(
             "its file could not grow (file system full?): series, threads and "
             "slots added since are not recorded"
         )
-    _parse_records(worker, b, q, d, used, patience)
+    _parse_records(worker, b, q, d, used, patience, rings)
     return worker
 
 
@@ -614,7 +628,13 @@ def _stable(
 
 
 def _parse_records(
-    worker: Worker, b: Any, q: Any, d: Any, used: int, patience: _Patience
+    worker: Worker,
+    b: Any,
+    q: Any,
+    d: Any,
+    used: int,
+    patience: _Patience,
+    rings: bool = True,
 ) -> None:
     metrics: dict[int, dict[str, Any]] = {}
     cells: list[tuple[int, int, int, int]] = []  # (metric id, tslot, word, size)
@@ -639,9 +659,11 @@ def _parse_records(
             )
         elif rtype == F.R_SLOT:
             _parse_slot(worker, b, q, off, rsize, live, patience)
+        elif rtype == F.R_RING and not rings:
+            _ring_shape(b, off, rsize)  # checked even when not read
         elif rtype == F.R_RING:
             _parse_ring(worker, b, q, off, rsize, live, patience)
-        elif rtype != F.R_PAD:
+        elif rtype not in (F.R_PAD, F.R_RING):
             raise CorruptFileError(worker.path, f"has a record of unknown type {rtype}")
         off += rsize
 
@@ -868,15 +890,8 @@ def _parse_slot(
     )
 
 
-def _parse_ring(
-    worker: Worker,
-    b: Any,
-    q: Any,
-    off: int,
-    rsize: int,
-    live: bool,
-    patience: _Patience,
-) -> None:
+def _ring_shape(b: Any, off: int, rsize: int) -> tuple[int, int]:
+    """Return a slow ring's capacity and entry size, checked against its size."""
     if rsize < 16:
         raise ValueError(f"slow ring at byte {off} is too short")
     _, _, capacity, entry_size = F.RING_FIXED.unpack(b[off : off + 16])
@@ -886,6 +901,19 @@ def _parse_ring(
         or 16 + capacity * entry_size > rsize
     ):
         raise ValueError(f"slow ring at byte {off} has a bad size")
+    return capacity, entry_size
+
+
+def _parse_ring(
+    worker: Worker,
+    b: Any,
+    q: Any,
+    off: int,
+    rsize: int,
+    live: bool,
+    patience: _Patience,
+) -> None:
+    capacity, entry_size = _ring_shape(b, off, rsize)
     # One copy of the whole ring, then the generations read again from the
     # file: an entry whose generation is the same, even and not 0 in both
     # was complete and unchanged while copied.  Others are copied alone.
@@ -990,7 +1018,7 @@ def aggregate(
     final = [w for w in workers if w.state in FINAL_STATES]
     # Only workers held by the read cache are known never to change (a
     # caller may pass edited copies): those are summed once and kept.
-    kept = all(_finals.get(w.path, (None, None))[1] is w for w in final)
+    kept = all(_finals.get(w.path, (None, None, None))[1] is w for w in final)
     key = tuple(sorted(id(w) for w in final)) if kept else None
     if key is None or _final_sum[0] != key:
         base: dict[tuple[str, LabelKey], Series] = {}
@@ -1140,7 +1168,7 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
 
 # Files of dead and closed workers never change again: a long-running
 # reader keeps what it parsed of them, checked against the file's identity.
-_finals: dict[str, tuple[tuple[int, int, int, int], Worker]] = {}
+_finals: dict[str, tuple[tuple[int, int, int, int], Worker, bool]] = {}
 _FINALS_MAX = 20_000
 
 
@@ -1152,9 +1180,9 @@ def _identity(path: str) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _cached_final(path: str) -> Worker | None:
+def _cached_final(path: str, rings: bool) -> Worker | None:
     entry = _finals.get(path)
-    if entry is None:
+    if entry is None or (rings and not entry[2]):
         return None
     if _identity(path) != entry[0]:
         del _finals[path]
@@ -1162,7 +1190,7 @@ def _cached_final(path: str) -> Worker | None:
     return entry[1]
 
 
-def _remember_final(path: str, worker: Worker) -> None:
+def _remember_final(path: str, worker: Worker, rings: bool) -> None:
     if worker.state not in FINAL_STATES:
         return
     identity = _identity(path)
@@ -1170,14 +1198,20 @@ def _remember_final(path: str, worker: Worker) -> None:
         return
     if len(_finals) >= _FINALS_MAX:
         _finals.clear()
-    _finals[path] = (identity, worker)
+    _finals[path] = (identity, worker, rings)
 
 
-def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
+def read_directory(
+    directory: str | os.PathLike[str] | None = None, *, slow: bool = True
+) -> Snapshot:
     """Read every stats file of a directory and its archive.
+
+    ``slow=False`` leaves the slow rings unread (``Worker.slow`` empty), for
+    readers that show no slow entries: a ring is most of a busy file.
 
     :raises DirectoryError: the directory is missing or cannot be listed.
     """
+    rings = slow
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
@@ -1190,14 +1224,14 @@ def read_directory(directory: str | os.PathLike[str] | None = None) -> Snapshot:
             if name in archive.folded:
                 continue  # folded into the archive by a clean that is finishing
             full = os.path.join(path, name)
-            cached = _cached_final(full)
+            cached = _cached_final(full, rings)
             if cached is not None:
                 workers.append(cached)
                 continue
             try:
-                worker = _read_file(full, _Patience(FILE_WAIT, patience))
+                worker = _read_file(full, _Patience(FILE_WAIT, patience), rings)
                 workers.append(worker)
-                _remember_final(full, worker)
+                _remember_final(full, worker, rings)
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True
