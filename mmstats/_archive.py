@@ -217,7 +217,9 @@ def _clean(directory: str, dry_run: bool) -> CleanResult:
     from .exceptions import CorruptFileError, MmstatsError
 
     names = list_stats_files(directory)  # DirectoryError when missing
-    with _locked(directory):
+    # A dry run only reads: it takes no lock, so it creates no lock file.
+    lock = contextlib.nullcontext() if dry_run else _locked(directory)
+    with lock:
         archive = load_archive(directory)
         if archive.error:
             raise MmstatsError(

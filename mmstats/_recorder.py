@@ -127,8 +127,15 @@ class Request:
             slot.d[slot.word + F.S_DB_SECONDS] = self.db_seconds
 
     def ignore(self) -> None:
-        """Leave this request out of the metrics (the stats endpoints' own)."""
+        """Leave this request out of the metrics (the stats endpoints' own).
+
+        Its slot is shown as idle from now on, so a page polling the app
+        does not show itself as a request in flight.
+        """
         self.ignored = True
+        slot = self._slot
+        if slot is not None:
+            slot.q[slot.word + F.S_STATE] = 0
 
     def set_exception(self, exception: BaseException) -> None:
         """Note the unhandled exception this request ended with."""

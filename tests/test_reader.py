@@ -191,3 +191,22 @@ def test_reader_in_another_process_sees_a_growing_file(stats_dir: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["601", "1"], out.stderr
+
+
+def test_clean_dry_run_writes_nothing(stats_dir: Path) -> None:
+    """A dry run reports what it would fold and leaves the directory as it was."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import mmstats; mmstats.Stats({os.fspath(stats_dir)!r}, 'gone')"
+            ".counter('c').incr()",
+        ],
+        check=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    before = sorted(p.name for p in stats_dir.iterdir())
+    result = mmstats.clean(os.fspath(stats_dir), dry_run=True)
+    assert [os.path.basename(w.path) for w in result.folded] == before
+    assert sorted(p.name for p in stats_dir.iterdir()) == before
