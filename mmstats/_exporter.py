@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _format as F
 from ._reader import HistogramValue, Series, Snapshot, read_directory
 from .exceptions import MmstatsError
 
@@ -118,19 +117,11 @@ class _Writer:
         return ("\n".join(self.lines) + "\n").encode("utf-8", "backslashreplace")
 
 
-def _nbuckets(hist: HistogramValue) -> int:
-    """Return the bucket count of a histogram's scheme, known from its lo."""
-    lo, hi = F.SECONDS_RANGE if hist.lo == F.SECONDS_RANGE[0] else F.COUNT_RANGE
-    if hist.lo != lo:
-        hi = hist.lo * 1e7
-    return F.bucket_count(hist.lo, hi)
-
-
 def _histogram(w: _Writer, family: str, s: Series) -> None:
     """Write every ninth log bucket as an ``le`` bucket, then count and sum."""
     hist: HistogramValue = s.value
     labels = sorted(s.labels.items())
-    last = _nbuckets(hist) - 2  # the final bucket also holds everything above
+    last = hist.nbuckets - 2  # the final bucket also holds everything above
     filled = sorted(hist.buckets.items())
     i = cumulative = 0
     for k in range(0, last + 1, BUCKET_STRIDE):

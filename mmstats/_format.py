@@ -138,13 +138,6 @@ def bucket_index(lo: float, value: float, nbuckets: int = 1 << 30) -> int:
     return min(math.ceil(math.log(value / lo) / LOG_GAMMA), nbuckets - 1)
 
 
-def bucket_bounds(lo: float, k: int) -> tuple[float, float]:
-    """Return the (lower, upper] bounds of bucket ``k``."""
-    if k == 0:
-        return (-math.inf, lo)
-    return (lo * GAMMA ** (k - 1), lo * GAMMA**k)
-
-
 def round8(n: int) -> int:
     """Round ``n`` up to a multiple of 8."""
     return (n + 7) & ~7

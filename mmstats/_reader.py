@@ -52,10 +52,11 @@ class HistogramValue:
     count: int = 0
     sum: float = 0.0
     buckets: dict[int, int] = field(default_factory=dict)
+    nbuckets: int = 0  # of the scheme: the last one also holds all above
 
     def merge(self, other: HistogramValue) -> None:
         """Add ``other`` into this histogram."""
-        if (other.lo, other.gamma) != (self.lo, self.gamma):
+        if not self.same_scheme(other):
             raise ValueError(
                 f"Cannot merge histograms with buckets lo={other.lo!r} "
                 f"gamma={other.gamma!r} into lo={self.lo!r} gamma={self.gamma!r}"
@@ -72,7 +73,13 @@ class HistogramValue:
     def copy(self) -> HistogramValue:
         """Return an independent copy."""
         return HistogramValue(
-            self.lo, self.gamma, self.integer, self.count, self.sum, dict(self.buckets)
+            self.lo,
+            self.gamma,
+            self.integer,
+            self.count,
+            self.sum,
+            dict(self.buckets),
+            self.nbuckets,
         )
 
     def bounds(self, k: int) -> tuple[float, float]:
@@ -122,6 +129,7 @@ class HistogramValue:
             "lo": self.lo,
             "gamma": self.gamma,
             "integer": self.integer,
+            "nbuckets": self.nbuckets,
             "buckets": {str(k): n for k, n in sorted(self.buckets.items())},
             "p50": self.quantile(0.5),
             "p90": self.quantile(0.9),
@@ -135,8 +143,9 @@ class HistogramValue:
         :raises ValueError: the bucket scheme or a bucket is out of range.
         """
         lo, gamma = float(data["lo"]), float(data["gamma"])
+        nbuckets = int(data["nbuckets"])
         buckets = {int(k): int(n) for k, n in data["buckets"].items()}
-        check_scheme(lo, gamma, max(buckets, default=0) + 1)
+        check_scheme(lo, gamma, max(nbuckets, max(buckets, default=0) + 1))
         if buckets and min(buckets) < 0:
             raise ValueError(f"histogram has a bucket below 0: {min(buckets)}")
         if min(buckets.values(), default=0) < 0:
@@ -149,6 +158,7 @@ class HistogramValue:
             sum(buckets.values()),
             float(data["sum"]),
             buckets,
+            nbuckets,
         )
 
 
@@ -810,7 +820,13 @@ def _read_histogram(
     # (or never let go for 0.2 s).
     count = sum(buckets.values())
     return HistogramValue(
-        meta["lo"], meta["gamma"], meta["integer"], count, sum_value, buckets
+        meta["lo"],
+        meta["gamma"],
+        meta["integer"],
+        count,
+        sum_value,
+        buckets,
+        meta["nbuckets"],
     )
 
 
