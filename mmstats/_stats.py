@@ -91,7 +91,7 @@ class _Series:
         writer = self._writer
         # Known limitation (#7): a Stats writer without the request recorder
         # notices a removed file only here, when it next allocates a record.
-        writer.check(time.monotonic())
+        writer.check(time.perf_counter())
         while True:
             generation = writer.generation
             tslot = writer.thread_slot()

@@ -501,7 +501,7 @@ class FileWriter:
     def check(self, now: float) -> None:
         """Start a new file if this one was removed; at most every few seconds.
 
-        ``now`` is a ``time.monotonic()`` reading.  Costs one ``stat`` per
+        ``now`` is a ``time.perf_counter()`` reading.  Costs one ``stat`` per
         :data:`FILE_CHECK_SECONDS`, and nothing between.
         """
         if now < self.next_check:

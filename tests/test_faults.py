@@ -35,7 +35,7 @@ import pytest
 
 import mmstats
 from mmstats import _format as F
-from mmstats import _recorder, _writer
+from mmstats import _writer
 from mmstats._cli import CliContext, run
 from mmstats._writer import CHUNK_SIZE
 
@@ -652,7 +652,6 @@ def test_gunicorn_recycling_workers_every_50_requests(
 def quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Check for a removed file every 50 ms instead of every 2 s."""
     monkeypatch.setattr(_writer, "FILE_CHECK_SECONDS", 0.05)
-    monkeypatch.setattr(_recorder, "FILE_CHECK_SECONDS", 0.05)
 
 
 def serve(recorder: mmstats.RequestRecorder, n: int, path: str = "/x") -> None:
