@@ -39,7 +39,14 @@ from ._render import (
     show_view,
     slow_table,
 )
-from ._report import dumps, lifetime_rate, snapshot_to_json, summarize, uptime
+from ._report import (
+    SUMMARY_NAMES,
+    dumps,
+    lifetime_rate,
+    snapshot_to_json,
+    summarize,
+    uptime,
+)
 from ._writer import resolve_directory
 from .exceptions import DirectoryError, MmstatsError
 
@@ -317,9 +324,11 @@ _wide_option = click.option(
 )
 
 
-def _read(path: str, slow: bool = True) -> Snapshot:
+def _read(
+    path: str, slow: bool = True, names: frozenset[str] | None = None
+) -> Snapshot:
     """Read a directory, failing with status 4 when there is nothing in it."""
-    snapshot = read_directory(path, slow=slow)
+    snapshot = read_directory(path, slow=slow, names=names)
     _fail_if_empty(snapshot)
     return snapshot
 
@@ -354,7 +363,7 @@ def _fail_on_bad_files(app: CliContext, snapshot: Snapshot) -> None:
 @_common
 def show(app: CliContext, path: str, wide: bool) -> None:
     """One row per worker, requests in flight, dead workers and totals."""
-    snapshot = _read(path, slow=False)
+    snapshot = _read(path, slow=False, names=SUMMARY_NAMES)
     app.console(wide).print(show_view(snapshot, wide))
     _fail_on_bad_files(app, snapshot)
 
@@ -422,7 +431,7 @@ def _frames(
     previous: tuple[Snapshot, float] | None = None
     count = 0
     while True:
-        snapshot = read_directory(path, slow=False)
+        snapshot = read_directory(path, slow=False, names=SUMMARY_NAMES)
         now = time.monotonic()
         rates = _rates(previous[0], snapshot, now - previous[1]) if previous else None
         yield show_view(snapshot, wide, rates)

@@ -8,6 +8,7 @@ The classic text format is served unless the scraper asks for OpenMetrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -121,22 +122,32 @@ def _histogram(w: _Writer, family: str, s: Series) -> None:
     """Write every ninth log bucket as an ``le`` bucket, then count and sum."""
     hist: HistogramValue = s.value
     labels = sorted(s.labels.items())
-    last = hist.nbuckets - 2  # the final bucket also holds everything above
-    filled = sorted(hist.buckets.items())
-    i = cumulative = 0
-    for k in range(0, last + 1, BUCKET_STRIDE):
-        while i < len(filled) and filled[i][0] <= k:
-            cumulative += filled[i][1]
-            i += 1
-        le = format_value(hist.bounds(k)[1])
-        w.sample(family + "_bucket", [*labels, ("le", le)], cumulative)
-    w.sample(family + "_bucket", [*labels, ("le", "+Inf")], hist.count)
+    inner = _labels(labels)[1:-1]
+    head = family + "_bucket{" + (inner + "," if inner else "")
+    cumulative = hist.cumulative()
+    top = len(cumulative) - 1
+    count = cumulative[-1] if cumulative else 0
+    lines = w.lines
+    for k, le in _le_bounds(hist.lo, hist.gamma, hist.nbuckets):
+        at = cumulative[k] if k <= top else count
+        lines.append(f'{head}le="{le}"}} {at}')
+    lines.append(f'{head}le="+Inf"}} {count}')
     if w.openmetrics and not hist.sum >= 0:
         # OpenMetrics allows no negative or NaN _sum (negative or NaN
         # observations), and _count only with _sum: the buckets remain.
         return
-    w.sample(family + "_count", labels, hist.count)
+    w.sample(family + "_count", labels, count)
     w.sample(family + "_sum", labels, hist.sum)
+
+
+@functools.lru_cache(maxsize=64)
+def _le_bounds(lo: float, gamma: float, nbuckets: int) -> tuple[tuple[int, str], ...]:
+    """Return the exported buckets of a scheme: (log bucket, its ``le`` text)."""
+    last = nbuckets - 2  # the final bucket also holds everything above
+    probe = HistogramValue(lo, gamma, False, nbuckets=nbuckets)
+    return tuple(
+        (k, format_value(probe.bounds(k)[1])) for k in range(0, last + 1, BUCKET_STRIDE)
+    )
 
 
 def render(

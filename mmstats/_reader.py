@@ -8,6 +8,8 @@ directory scan never raises for one bad file but lists it in
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import math
@@ -19,7 +21,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _format as F
 from ._archive import ARCHIVE_NAME, Archive, load_archive
@@ -35,6 +37,7 @@ from .exceptions import CorruptFileError, DirectoryError, UnsupportedVersionErro
 log = logging.getLogger(__name__)
 
 LabelKey = tuple[tuple[str, str], ...]
+Names = frozenset[str] | None  # the metrics a reader wants; None for all
 
 
 def text(data: bytes) -> str:
@@ -42,17 +45,111 @@ def text(data: bytes) -> str:
     return data.decode("utf-8", "backslashreplace")
 
 
-@dataclass
-class HistogramValue:
-    """Counts per log-scaled bucket; merges exactly with the same scheme."""
+# Buckets packed into one integer, a 64-bit digit per bucket: adding two
+# packed histograms adds every bucket at once, in C.  A count below 2**48
+# per bucket, and fewer than 2**15 histograms added, never carry into the
+# next digit; past that the buckets are kept as a dict.
+_PACKED_MAX_PARTS = 1 << 15
+_HIGH_BYTES = (6, 7) if F.NATIVE_ORDER == "little" else (0, 1)
 
-    lo: float
-    gamma: float
-    integer: bool
-    count: int = 0
-    sum: float = 0.0
-    buckets: dict[int, int] = field(default_factory=dict)
-    nbuckets: int = 0  # of the scheme: the last one also holds all above
+
+def _packable(raw: bytes) -> bool:
+    """Return whether every u64 word of ``raw`` is below 2**48 (so not negative)."""
+    a, b = _HIGH_BYTES
+    words = len(raw) // 8
+    return raw[a::8].count(0) == words and raw[b::8].count(0) == words
+
+
+class HistogramValue:
+    """Counts per log-scaled bucket; merges exactly with the same scheme.
+
+    ``buckets`` maps a bucket index to its count (non-zero buckets only).
+    Read from a file, the buckets stay packed until something asks for
+    them, so adding many workers' histograms up costs little.
+    """
+
+    __slots__ = (
+        "lo",
+        "gamma",
+        "integer",
+        "sum",
+        "nbuckets",
+        "_count",
+        "_plain",
+        "_packed",
+        "_parts",
+    )
+
+    def __init__(
+        self,
+        lo: float,
+        gamma: float,
+        integer: bool,
+        count: int | None = None,
+        sum: float = 0.0,
+        buckets: dict[int, int] | None = None,
+        nbuckets: int = 0,
+    ) -> None:
+        self.lo = lo
+        self.gamma = gamma
+        self.integer = integer
+        self.sum = sum
+        self.nbuckets = nbuckets  # of the scheme: the last one also holds all above
+        # The value is the packed buckets plus the plain ones.
+        self._plain: dict[int, int] = {} if buckets is None else buckets
+        self._packed = 0
+        self._parts = 0  # how many packed histograms were added into _packed
+        self._count = count
+
+    @classmethod
+    def from_words(cls, meta: dict[str, Any], raw: bytes, sum: float) -> HistogramValue:
+        """Build a histogram from the bucket words of a file, as copied.
+
+        The count is the sum of the buckets, which stays right even when a
+        writer was killed in the middle of an update.
+
+        :raises ValueError: a bucket count is negative.
+        """
+        hist = cls(meta["lo"], meta["gamma"], meta["integer"], None, sum)
+        hist.nbuckets = meta["nbuckets"]
+        if _packable(raw):
+            hist._packed = int.from_bytes(raw, F.NATIVE_ORDER)
+            hist._parts = 1
+        else:
+            buckets = _nonzero_buckets(raw)
+            if buckets and min(buckets.values()) < 0:
+                raise ValueError("histogram cell has a negative bucket count")
+            hist._plain = buckets
+        return hist
+
+    @property
+    def buckets(self) -> dict[int, int]:
+        """Counts of the non-zero buckets, by bucket index."""
+        if self._parts:
+            packed = self._packed
+            raw = packed.to_bytes((packed.bit_length() + 63) // 64 * 8, F.NATIVE_ORDER)
+            plain = self._plain
+            self._plain = _nonzero_buckets(raw)
+            self._packed = self._parts = 0
+            self._add_plain(plain)
+        return self._plain
+
+    @buckets.setter
+    def buckets(self, value: dict[int, int]) -> None:
+        self._plain = value
+        self._packed = self._parts = 0
+        self._count = None
+
+    @property
+    def count(self) -> int:
+        """How many values were observed."""
+        if self._count is None:
+            self._count = sum(self.buckets.values())
+        return self._count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self._count = value
 
     def merge(self, other: HistogramValue) -> None:
         """Add ``other`` into this histogram."""
@@ -61,25 +158,58 @@ class HistogramValue:
                 f"Cannot merge histograms with buckets lo={other.lo!r} "
                 f"gamma={other.gamma!r} into lo={self.lo!r} gamma={self.gamma!r}"
             )
-        self.count += other.count
+        count = self._count
+        if count is not None:
+            count = None if other._count is None else count + other._count
         self.sum += other.sum
-        for k, n in other.buckets.items():
-            self.buckets[k] = self.buckets.get(k, 0) + n
+        if other._parts and self._parts + other._parts < _PACKED_MAX_PARTS:
+            self._packed += other._packed
+            self._parts += other._parts
+            self._add_plain(other._plain)
+        else:
+            self._add_plain(other.buckets)
+        self._count = count
+
+    def _add_plain(self, buckets: dict[int, int]) -> None:
+        if buckets:
+            mine = self._plain
+            for k, n in buckets.items():
+                mine[k] = mine.get(k, 0) + n
 
     def same_scheme(self, other: HistogramValue) -> bool:
         """Return whether ``other`` has the same buckets, so they can merge."""
-        return (other.lo, other.gamma) == (self.lo, self.gamma)
+        return other.lo == self.lo and other.gamma == self.gamma
 
     def copy(self) -> HistogramValue:
         """Return an independent copy."""
-        return HistogramValue(
-            self.lo,
-            self.gamma,
-            self.integer,
-            self.count,
-            self.sum,
-            dict(self.buckets),
-            self.nbuckets,
+        hist = HistogramValue(
+            self.lo, self.gamma, self.integer, self._count, self.sum, dict(self._plain)
+        )
+        hist.nbuckets = self.nbuckets
+        hist._packed = self._packed
+        hist._parts = self._parts
+        return hist
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HistogramValue):
+            return NotImplemented
+        return (
+            self.lo == other.lo
+            and self.gamma == other.gamma
+            and self.integer == other.integer
+            and self.sum == other.sum
+            and self.nbuckets == other.nbuckets
+            and self.buckets == other.buckets
+            and self.count == other.count
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"HistogramValue(lo={self.lo!r}, gamma={self.gamma!r}, "
+            f"integer={self.integer!r}, count={self.count!r}, sum={self.sum!r}, "
+            f"buckets={self.buckets!r}, nbuckets={self.nbuckets!r})"
         )
 
     def bounds(self, k: int) -> tuple[float, float]:
@@ -105,16 +235,42 @@ class HistogramValue:
 
     def quantile(self, q: float) -> float | None:
         """Return the ``q`` quantile (0 to 1) by nearest rank, or None if empty."""
-        total = sum(self.buckets.values())
-        if total == 0:
-            return None
-        rank = max(1, math.ceil(q * total))
-        seen = 0
-        for k in sorted(self.buckets):
-            seen += self.buckets[k]
-            if seen >= rank:
-                return self.representative(k)
-        return self.representative(max(self.buckets))
+        return self.quantiles((q,))[0]
+
+    def _counts(self) -> tuple[list[int] | range, list[int]]:
+        """Return bucket indexes, ascending, and their counts."""
+        if self._parts and not self._plain:
+            packed = self._packed
+            raw = packed.to_bytes((packed.bit_length() + 63) // 64 * 8, F.NATIVE_ORDER)
+            counts = memoryview(raw).cast("q").tolist()
+            return range(len(counts)), counts
+        keys = sorted(self.buckets)
+        return keys, [self.buckets[k] for k in keys]
+
+    def cumulative(self) -> list[int]:
+        """Return the cumulative count at every bucket, up to the last non-empty one."""
+        keys, counts = self._counts()
+        if isinstance(keys, range):
+            return list(itertools.accumulate(counts))
+        dense = [0] * (keys[-1] + 1 if keys else 0)
+        for k, n in zip(keys, counts, strict=True):
+            dense[k] = n
+        return list(itertools.accumulate(dense))
+
+    def quantiles(self, qs: Iterable[float]) -> list[float | None]:
+        """Return several quantiles (0 to 1) by nearest rank, in one pass."""
+        wanted = list(qs)
+        keys, counts = self._counts()
+        cumulative = list(itertools.accumulate(counts))
+        total = cumulative[-1] if cumulative else 0
+        if total <= 0:
+            return [None] * len(wanted)
+        found: list[float | None] = []
+        for q in wanted:
+            rank = max(1, math.ceil(q * total))
+            at = bisect.bisect_left(cumulative, rank)
+            found.append(self.representative(keys[min(at, len(keys) - 1)]))
+        return found
 
     @property
     def mean(self) -> float | None:
@@ -123,6 +279,7 @@ class HistogramValue:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form (see the README's schema)."""
+        p50, p90, p99 = self.quantiles((0.5, 0.9, 0.99))
         return {
             "count": self.count,
             "sum": self.sum,
@@ -131,9 +288,9 @@ class HistogramValue:
             "integer": self.integer,
             "nbuckets": self.nbuckets,
             "buckets": {str(k): n for k, n in sorted(self.buckets.items())},
-            "p50": self.quantile(0.5),
-            "p90": self.quantile(0.9),
-            "p99": self.quantile(0.99),
+            "p50": p50,
+            "p90": p90,
+            "p99": p99,
         }
 
     @classmethod
@@ -332,7 +489,7 @@ def _get_string(buf: Any, offset: int, size: int) -> str:
     return text(bytes(buf[offset + 2 : offset + 2 + n]))
 
 
-def _open_file(path: str) -> tuple[Any, int]:
+def _open_file(path: str) -> tuple[Any, int, os.stat_result]:
     """Open and map a stats file without following symlinks or blocking."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -359,7 +516,7 @@ def _open_file(path: str) -> tuple[Any, int]:
             raise CorruptFileError(
                 path, f"of {st.st_size} bytes cannot be mapped: {reason}"
             ) from None
-        return mm, st.st_size
+        return mm, st.st_size, st
     finally:
         os.close(fd)
 
@@ -466,12 +623,15 @@ _PARSE_ERRORS = (
 )
 
 
-def _read_file(path: str, patience: _Patience, rings: bool = True) -> Worker:
+def _read_file(
+    path: str, patience: _Patience, rings: bool = True, names: Names = None
+) -> Worker:
     grown_to = 0
     for _attempt in range(3):
-        mm, size = _open_file(path)
+        mm, size, st = _open_file(path)
         try:
-            return _parse(path, mm, size, grown_to, patience, rings)
+            key = (path, st.st_dev, st.st_ino)
+            return _parse(path, mm, size, grown_to, patience, rings, names, key)
         except _Grew as grew:
             # Grown between the size check and the read: map it again, and
             # read no further than what was published at the first look.
@@ -512,6 +672,8 @@ def _parse(
     grown_to: int,
     patience: _Patience,
     rings: bool = True,
+    names: Names = None,
+    key: tuple[Any, ...] = (),
 ) -> Worker:
     # A writer killed while extending its file can leave a size that is not
     # a multiple of 8; records never reach into that tail.
@@ -520,7 +682,7 @@ def _parse(
     q = d = None
     try:
         q, d = b.cast("q"), b.cast("d")
-        return _parse_views(path, b, q, d, size, grown_to, patience, rings)
+        return _parse_views(path, b, q, d, size, grown_to, patience, rings, names, key)
     finally:
         for view in (d, q, b):
             if view is not None:
@@ -540,6 +702,8 @@ def _parse_views(
     grown_to: int,
     patience: _Patience,
     rings: bool = True,
+    names: Names = None,
+    key: tuple[Any, ...] = (),
 ) -> Worker:
     if bytes(b[0:8]) != F.MAGIC:
         raise CorruptFileError(path, "has no mmstats magic number; not a stats file")
@@ -594,7 +758,9 @@ def _parse_views(
             "its file could not grow (file system full?): series, threads and "
             "slots added since are not recorded"
         )
-    _parse_records(worker, b, q, d, used, patience, rings)
+    if key:  # the same inode may hold another worker's file later
+        key = (*key, pid, q[F.H_CREATED // 8], q[F.H_START_TICKS // 8])
+    _parse_records(worker, b, q, d, used, patience, rings, names, key)
     return worker
 
 
@@ -637,6 +803,104 @@ def _stable(
         time.sleep(0 if tries < 20 else 0.001)
 
 
+class _Layout:
+    """Where a file's records are, up to a used length.
+
+    Records never move or change once published, so a reader that comes
+    back to a file (top, serve, the page) walks only what was added since.
+    """
+
+    __slots__ = ("used", "metrics", "cells", "slots", "rings", "selections")
+
+    def __init__(self) -> None:
+        self.used = F.HEADER_SIZE
+        self.metrics: dict[int, dict[str, Any]] = {}
+        self.cells: list[tuple[int, int, int]] = []  # (metric id, word, size)
+        self.slots: list[tuple[int, int]] = []  # (offset, size)
+        self.rings: list[tuple[int, int]] = []
+        self.selections: dict[Names, _Selection] = {}
+
+    def select(self, names: Names) -> _Selection:
+        """Return the cells and metrics of these names (all for None)."""
+        selection = self.selections.get(names)
+        if selection is None:
+            metrics = self.metrics
+            selection = _Selection(
+                [
+                    (mid, metrics[mid], word, size)
+                    for mid, word, size in self.cells
+                    if names is None or metrics[mid]["name"] in names
+                ],
+                [
+                    (mid, meta)
+                    for mid, meta in metrics.items()
+                    if names is None or meta["name"] in names
+                ],
+            )
+            self.selections[names] = selection
+        return selection
+
+
+class _Selection(NamedTuple):
+    """The cells a reader wants, with their metric records, in file order."""
+
+    cells: list[tuple[int, dict[str, Any], int, int]]
+    metrics: list[tuple[int, dict[str, Any]]]
+
+
+_layouts: dict[tuple[Any, ...], _Layout] = {}
+_LAYOUTS_MAX = 4096
+
+
+def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
+    """Return the records of a file up to ``used``, walking what is new."""
+    known = _layouts.get(key) if key else None
+    if known is None or known.used > used:
+        known = _Layout()
+    if known.used == used:
+        return known
+    layout = _Layout()
+    layout.metrics = dict(known.metrics)
+    layout.cells = list(known.cells)
+    layout.slots = list(known.slots)
+    layout.rings = list(known.rings)
+    head = F.RECORD_HEAD.unpack_from
+    off = known.used
+    while off < used:
+        rtype, rsize = head(b, off)
+        if rsize < 8 or rsize % 8 or off + rsize > used:
+            raise CorruptFileError(
+                path, f"has a record at byte {off} of bad size {rsize}"
+            )
+        if rtype == F.R_METRIC:
+            mid, meta = _parse_metric(b, off, rsize)
+            layout.metrics[mid] = meta
+        elif rtype == F.R_CELL:
+            if rsize < F.CELL_PAYLOAD + 8:
+                raise ValueError(f"cell record at byte {off} is too short")
+            mid = F.CELL_FIXED.unpack_from(b, off)[2]
+            layout.cells.append(
+                (mid, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD)
+            )
+        elif rtype == F.R_SLOT:
+            layout.slots.append((off, rsize))
+        elif rtype == F.R_RING:
+            _ring_shape(b, off, rsize)
+            layout.rings.append((off, rsize))
+        elif rtype != F.R_PAD:
+            raise CorruptFileError(path, f"has a record of unknown type {rtype}")
+        off += rsize
+    for mid, _, _ in layout.cells[len(known.cells) :]:
+        if mid not in layout.metrics:
+            raise ValueError(f"a cell refers to unknown metric id {mid}")
+    layout.used = used
+    if key:
+        if len(_layouts) >= _LAYOUTS_MAX:
+            _layouts.clear()
+        _layouts[key] = layout
+    return layout
+
+
 def _parse_records(
     worker: Worker,
     b: Any,
@@ -645,39 +909,17 @@ def _parse_records(
     used: int,
     patience: _Patience,
     rings: bool = True,
+    names: Names = None,
+    key: tuple[Any, ...] = (),
 ) -> None:
-    metrics: dict[int, dict[str, Any]] = {}
-    cells: list[tuple[int, int, int, int]] = []  # (metric id, tslot, word, size)
     live = worker.state == "alive"
-
-    off = F.HEADER_SIZE
-    while off < used:
-        rtype, rsize = F.RECORD_HEAD.unpack(b[off : off + 8])
-        if rsize < 8 or rsize % 8 or off + rsize > used:
-            raise CorruptFileError(
-                worker.path, f"has a record at byte {off} of bad size {rsize}"
-            )
-        if rtype == F.R_METRIC:
-            mid, meta = _parse_metric(b, off, rsize)
-            metrics[mid] = meta
-        elif rtype == F.R_CELL:
-            if rsize < F.CELL_PAYLOAD + 8:
-                raise ValueError(f"cell record at byte {off} is too short")
-            _, _, mid, tslot = F.CELL_FIXED.unpack(b[off : off + 16])
-            cells.append(
-                (mid, tslot, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD)
-            )
-        elif rtype == F.R_SLOT:
-            _parse_slot(worker, b, q, off, rsize, live, patience)
-        elif rtype == F.R_RING and not rings:
-            _ring_shape(b, off, rsize)  # checked even when not read
-        elif rtype == F.R_RING:
+    layout = _layout(b, used, worker.path, key)
+    for off, rsize in layout.slots:
+        _parse_slot(worker, b, q, off, rsize, live, patience)
+    if rings:
+        for off, rsize in layout.rings:
             _parse_ring(worker, b, q, off, rsize, live, patience)
-        elif rtype not in (F.R_PAD, F.R_RING):
-            raise CorruptFileError(worker.path, f"has a record of unknown type {rtype}")
-        off += rsize
-
-    _collect_series(worker, metrics, cells, q, d, b, live, patience)
+    _collect_series(worker, layout.select(names), q, d, b, live, patience)
 
 
 def _clean(value: object) -> str:
@@ -748,8 +990,7 @@ def _decode_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
 
 def _collect_series(
     worker: Worker,
-    metrics: dict[int, dict[str, Any]],
-    cells: list[tuple[int, int, int, int]],
+    selection: _Selection,
     q: Any,
     d: Any,
     b: Any,
@@ -758,10 +999,7 @@ def _collect_series(
 ) -> None:
     values: dict[int, Any] = {}
     stamps: dict[int, int] = {}
-    for mid, _tslot, word, size in cells:
-        meta = metrics.get(mid)
-        if meta is None:
-            raise ValueError(f"a cell refers to unknown metric id {mid}")
+    for mid, meta, word, size in selection.cells:
         kind = meta["kind"]
         if kind == F.KIND_COUNTER:
             if q[word] < 0:
@@ -781,19 +1019,19 @@ def _collect_series(
                 stamps[mid] = got[0]
                 values[mid] = got[1]
 
-    for mid, meta in metrics.items():
-        if mid not in values:
-            continue
-        worker.series.append(
-            Series(
-                name=str(meta.get("name", "")),
-                kind=F.KIND_NAMES[meta["kind"]],
-                help=str(meta.get("help", "")),
-                unit=str(meta.get("unit", "")),
-                labels=meta["labels"],
-                value=values[mid],
+    append = worker.series.append
+    for mid, meta in selection.metrics:
+        if mid in values:
+            append(
+                Series(
+                    meta["name"],
+                    F.KIND_NAMES[meta["kind"]],
+                    meta["help"],
+                    meta["unit"],
+                    meta["labels"],
+                    values[mid],
+                )
             )
-        )
 
 
 def _read_histogram(
@@ -810,38 +1048,24 @@ def _read_histogram(
         raise ValueError("histogram cell is shorter than its buckets")
     end = (word + F.HIST_BUCKETS + n) * 8
     data, _, _ = _stable(b, q, word, word * 8, end, live, patience)
-    view = memoryview(data)
-    buckets = _nonzero_buckets(data, 8 * F.HIST_BUCKETS)
-    if buckets and min(buckets.values()) < 0:
-        raise ValueError("histogram cell has a negative bucket count")
-    sum_value: float = view.cast("d")[F.HIST_SUM]
-    # The buckets are the truth for the count: equal to the count word in a
-    # consistent copy, and still right when a writer was killed mid-update
-    # (or never let go for 0.2 s).
-    count = sum(buckets.values())
-    return HistogramValue(
-        meta["lo"],
-        meta["gamma"],
-        meta["integer"],
-        count,
-        sum_value,
-        buckets,
-        meta["nbuckets"],
-    )
+    sum_value: float = _DOUBLE.unpack_from(data, 8 * F.HIST_SUM)[0]
+    return HistogramValue.from_words(meta, data[8 * F.HIST_BUCKETS :], sum_value)
 
 
-def _nonzero_buckets(data: bytes, start: int) -> dict[int, int]:
-    """Return {bucket: count} of the non-zero u64 words from byte ``start``.
+_DOUBLE = struct.Struct("=d")
+
+
+def _nonzero_buckets(data: bytes) -> dict[int, int]:
+    """Return {bucket: count} of the non-zero u64 words of ``data``.
 
     Only the span between the first and last non-zero byte is looked at
     word by word: a request histogram fills a few dozen of its buckets.
     """
-    body = data[start:]
-    tail = len(body.rstrip(b"\0"))
+    tail = len(data.rstrip(b"\0"))
     if not tail:
         return {}
-    head = (len(body) - len(body.lstrip(b"\0"))) // 8
-    words = memoryview(body)[head * 8 : (tail + 7) // 8 * 8].cast("q").tolist()
+    head = (len(data) - len(data.lstrip(b"\0"))) // 8
+    words = memoryview(data)[head * 8 : (tail + 7) // 8 * 8].cast("q").tolist()
     return {head + k: c for k, c in enumerate(words) if c}
 
 
@@ -1036,12 +1260,16 @@ def aggregate(
     # caller may pass edited copies): those are summed once and kept.
     kept = all(_finals.get(w.path, (None, None, None))[1] is w for w in final)
     key = tuple(sorted(id(w) for w in final)) if kept else None
-    if key is None or _final_sum[0] != key:
-        base: dict[tuple[str, LabelKey], Series] = {}
+    base = _final_sums.get(key) if key is not None else None
+    if base is None:
+        base = {}
         for w in final:
             _add_series(base, w.series, gauges=False)
-        _final_sum[:] = [key, base]
-    totals = {k: _copy_series(s) for k, s in _final_sum[1].items()}
+        if key is not None:
+            if len(_final_sums) >= 16:  # a reader of a few directories
+                _final_sums.clear()
+            _final_sums[key] = base
+    totals = {k: _copy_series(s) for k, s in base.items()}
     for w in workers:
         if w.state not in FINAL_STATES:
             _add_series(totals, w.series, gauges=True)
@@ -1050,7 +1278,7 @@ def aggregate(
     return totals
 
 
-_final_sum: list[Any] = [None, {}]
+_final_sums: dict[tuple[int, ...], dict[tuple[str, LabelKey], Series]] = {}
 
 
 def _copy_series(s: Series) -> Series:
@@ -1108,13 +1336,21 @@ def list_stats_files(directory: str) -> list[str]:
     :raises DirectoryError: the directory is missing, not a directory, a
         symlink (not followed, as writers do not) or cannot be listed.
     """
+    return [name for name, _ in _list_with_inodes(directory)]
+
+
+def _list_with_inodes(directory: str) -> list[tuple[str, int]]:
+    """Return (name, inode) of the stats files in ``directory``, sorted by name.
+
+    :raises DirectoryError: as :func:`list_stats_files`.
+    """
     try:
         if stat.S_ISLNK(os.lstat(directory).st_mode):
             raise DirectoryError(
                 directory, "is a symlink; symlinks are not followed"
             ) from None
         with os.scandir(directory) as it:
-            return sorted(e.name for e in it if e.name.endswith(F.SUFFIX))
+            found = [(e.name, e.inode()) for e in it if e.name.endswith(F.SUFFIX)]
     except FileNotFoundError:
         raise DirectoryError(directory, "does not exist") from None
     except NotADirectoryError:
@@ -1123,6 +1359,8 @@ def list_stats_files(directory: str) -> list[str]:
         raise DirectoryError(directory, "cannot be read (permission denied)") from None
     except OSError as exc:
         raise DirectoryError(directory, f"cannot be read: {exc.strerror}") from None
+    found.sort()
+    return found
 
 
 def directory_problems(directory: str, private: bool = False) -> list[str]:
@@ -1184,70 +1422,76 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
 
 # Files of dead and closed workers never change again: a long-running
 # reader keeps what it parsed of them, checked against the file's identity.
-_finals: dict[str, tuple[tuple[int, int, int, int], Worker, bool]] = {}
+# path -> (inode, worker, rings read, names read)
+_finals: dict[str, tuple[int, Worker, bool, Names]] = {}
 _FINALS_MAX = 20_000
 
 
-def _identity(path: str) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _cached_final(path: str, inode: int, rings: bool, names: Names) -> Worker | None:
+    """Return the worker of a dead or closed file read before, if unchanged.
 
-
-def _cached_final(path: str, rings: bool) -> Worker | None:
+    Such a file has no writer left, so the same inode under the same name
+    (which holds the writer's pid and a random part) is the same content.
+    """
     entry = _finals.get(path)
     if entry is None or (rings and not entry[2]):
         return None
-    if _identity(path) != entry[0]:
+    if entry[3] is not None and (names is None or not names <= entry[3]):
+        return None
+    if inode != entry[0]:
         del _finals[path]
         return None
     return entry[1]
 
 
-def _remember_final(path: str, worker: Worker, rings: bool) -> None:
+def _remember_final(
+    path: str, inode: int, worker: Worker, rings: bool, names: Names
+) -> None:
     if worker.state not in FINAL_STATES:
-        return
-    identity = _identity(path)
-    if identity is None:
         return
     if len(_finals) >= _FINALS_MAX:
         _finals.clear()
-    _finals[path] = (identity, worker, rings)
+    _finals[path] = (inode, worker, rings, names)
 
 
 def read_directory(
-    directory: str | os.PathLike[str] | None = None, *, slow: bool = True
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    slow: bool = True,
+    names: Iterable[str] | None = None,
 ) -> Snapshot:
     """Read every stats file of a directory and its archive.
 
     ``slow=False`` leaves the slow rings unread (``Worker.slow`` empty), for
     readers that show no slow entries: a ring is most of a busy file.
+    ``names`` reads only the metrics of these names (all when None), for
+    readers that show a few: a worker's values are then checked only as far
+    as they are read.
 
     :raises DirectoryError: the directory is missing or cannot be listed.
     """
     rings = slow
+    wanted: Names = None if names is None else frozenset(names)
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
-        names = list_stats_files(path)
+        listing = _list_with_inodes(path)
         archive = load_archive(path)
         workers: list[Worker] = []
         bad: list[BadFile] = []
         vanished = False
-        for name in names:
+        for name, inode in listing:
             if name in archive.folded:
                 continue  # folded into the archive by a clean that is finishing
             full = os.path.join(path, name)
-            cached = _cached_final(full, rings)
+            cached = _cached_final(full, inode, rings, wanted)
             if cached is not None:
                 workers.append(cached)
                 continue
             try:
-                worker = _read_file(full, _Patience(FILE_WAIT, patience), rings)
+                worker = _read_file(full, _Patience(FILE_WAIT, patience), rings, wanted)
                 workers.append(worker)
-                _remember_final(full, worker, rings)
+                _remember_final(full, inode, worker, rings, wanted)
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True

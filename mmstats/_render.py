@@ -14,11 +14,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
+from ._grid import Grid
 from ._reader import BadFile, HistogramValue, Series, Slot, SlowEntry, Snapshot, Worker
 from ._report import LIVE_STATES, Summary, lifetime_rate, summarize, uptime
 
@@ -188,28 +187,15 @@ def _table(
     title: str | Text | None = None,
     caption: str | None = None,
     footer: bool = False,
-) -> Table:
-    return Table(
-        title=title,
-        caption=caption,
-        box=box.SIMPLE,
-        show_edge=False,
-        show_footer=footer,
-        pad_edge=False,
-        padding=(0, 0),
-        title_justify="left",
-        caption_justify="left",
-        header_style="bold",
-        footer_style="bold",
-        highlight=False,
-    )
+) -> Grid:
+    return Grid(title=title, caption=caption, show_footer=footer)
 
 
-def _num(table: Table, header: str, min_width: int | None = None) -> None:
+def _num(table: Grid, header: str, min_width: int | None = None) -> None:
     table.add_column(header, justify="right", no_wrap=True, min_width=min_width)
 
 
-def _txt(table: Table, header: str, min_width: int = 4) -> None:
+def _txt(table: Grid, header: str, min_width: int = 4) -> None:
     # Text columns may shrink when the table is too wide; the cells (see
     # safe()) decide whether they are cut with an ellipsis or folded.
     table.add_column(header, overflow="fold", min_width=min_width)
@@ -279,7 +265,7 @@ def _headline(snapshot: Snapshot) -> Text:
 
 def worker_table(
     snapshot: Snapshot, workers: Sequence[Worker], wide: bool, rates: Rates | None
-) -> Table:
+) -> Grid:
     """Return one row per worker, and the totals as the footer."""
     if rates is None:
         caption = "Avg/s: requests per second since the worker started."
@@ -296,8 +282,12 @@ def worker_table(
     _worker_columns(table, wide, rate_header)
 
     now = snapshot.read_at
+    summaries = {id(w): summarize(w.series) for w in snapshot.workers}
+    for w in workers:
+        if id(w) not in summaries:
+            summaries[id(w)] = summarize(w.series)
     for w in sorted(workers, key=lambda w: (w.state, w.pid)):
-        summary = summarize(w.series)
+        summary = summaries[id(w)]
         rate = (
             rates.per_worker.get(w.path)
             if rates is not None
@@ -305,13 +295,15 @@ def worker_table(
         )
         table.add_row(*_worker_cells(w, summary, rate, now, wide))
     for column, cell in zip(
-        table.columns, _total_cells(snapshot, workers, rates, wide), strict=True
+        table.columns,
+        _total_cells(snapshot, workers, rates, wide, summaries),
+        strict=True,
     ):
         column.footer = cell
     return table
 
 
-def _worker_columns(table: Table, wide: bool, rate_header: str) -> None:
+def _worker_columns(table: Grid, wide: bool, rate_header: str) -> None:
     _num(table, "PID")
     _txt(table, "State")
     if wide:
@@ -343,6 +335,7 @@ def _worker_cells(
 
 
 def _summary_cells(s: Summary, wide: bool) -> list[Text | str]:
+    p50, p99 = s.percentiles()
     cells: list[Text | str] = [
         fmt_count(s.responses.get(c, 0), wide) for c in ("2xx", "3xx", "4xx", "5xx")
     ]
@@ -350,8 +343,8 @@ def _summary_cells(s: Summary, wide: bool) -> list[Text | str]:
         cells.append(str(s.exceptions))
     cells += [
         f"{s.in_flight:.0f}",
-        fmt_seconds(s.p50),
-        fmt_seconds(s.p99),
+        fmt_seconds(p50),
+        fmt_seconds(p99),
         fmt_number(s.queries_per_request),
         fmt_mib(s.rss_bytes),
     ]
@@ -359,18 +352,23 @@ def _summary_cells(s: Summary, wide: bool) -> list[Text | str]:
 
 
 def _total_cells(
-    snapshot: Snapshot, shown: Sequence[Worker], rates: Rates | None, wide: bool
+    snapshot: Snapshot,
+    shown: Sequence[Worker],
+    rates: Rates | None,
+    wide: bool,
+    summaries: dict[int, Summary],
 ) -> list[Text | str]:
     totals = summarize(snapshot.totals().values())
     # Gauges of dead and closed workers are their last values, not current
     # ones: the busy and RSS totals only add up the workers still running.
-    live = summarize(s for w in shown if w.state in LIVE_STATES for s in w.series)
-    totals.in_flight = live.in_flight
-    totals.rss_bytes = live.rss_bytes
+    live = [summaries[id(w)] for w in shown if w.state in LIVE_STATES]
+    totals.in_flight = sum(s.in_flight for s in live)
+    rss = [s.rss_bytes for s in live if s.rss_bytes is not None]
+    totals.rss_bytes = sum(rss) if rss else None
     if rates is not None:
         rate = rates.total
     else:
-        rate = _sum_rates(snapshot.workers, snapshot.read_at)
+        rate = _sum_rates(snapshot.workers, snapshot.read_at, summaries)
     cells: list[Text | str] = ["total", ""]
     if wide:
         cells += ["", ""]
@@ -378,9 +376,11 @@ def _total_cells(
     return cells + _summary_cells(totals, wide)
 
 
-def _sum_rates(workers: Iterable[Worker], now: float) -> float | None:
+def _sum_rates(
+    workers: Iterable[Worker], now: float, summaries: dict[int, Summary]
+) -> float | None:
     rates = [
-        lifetime_rate(summarize(w.series).requests, uptime(w, now))
+        lifetime_rate(summaries[id(w)].requests, uptime(w, now))
         for w in workers
         if w.state in LIVE_STATES
     ]
@@ -390,7 +390,7 @@ def _sum_rates(workers: Iterable[Worker], now: float) -> float | None:
 
 def in_flight_table(
     busy: Sequence[tuple[Worker, Slot]], now: float, wide: bool
-) -> Table:
+) -> Grid:
     """Return the requests the live workers are serving now."""
     table = _table(title="Requests in flight")
     _num(table, "PID")
@@ -417,7 +417,7 @@ def in_flight_table(
     return table
 
 
-def dead_table(dead: Sequence[Worker], now: float, wide: bool) -> Table:
+def dead_table(dead: Sequence[Worker], now: float, wide: bool) -> Grid:
     """Return the dead workers and the requests they were serving."""
     table = _table(
         title="Dead workers (died without closing their file)",
@@ -464,7 +464,7 @@ def _dead_slot_cells(
     return cells
 
 
-def bad_table(bad: Sequence[BadFile], directory: str) -> Table:
+def bad_table(bad: Sequence[BadFile], directory: str) -> Grid:
     """Return the files that could not be read, and why.
 
     Files of the stats directory are named relative to it.
@@ -482,7 +482,7 @@ def bad_table(bad: Sequence[BadFile], directory: str) -> Table:
 # -- slow requests ------------------------------------------------------------
 
 
-def slow_table(entries: Sequence[SlowEntry], now: float, wide: bool) -> Table:
+def slow_table(entries: Sequence[SlowEntry], now: float, wide: bool) -> Grid:
     """Return slow requests, one row each, with every recorded field."""
     caption = (
         "Time: request duration. DB: database time. dMem, dLoad: change of "
@@ -546,7 +546,7 @@ def dump_view(w: Worker, now: float) -> RenderableType:
     return Group(*parts)
 
 
-def header_table(w: Worker) -> Table:
+def header_table(w: Worker) -> Grid:
     """Return the header fields of a file as name/value rows."""
     table = _table(title="File")
     _txt(table, "Field")
@@ -574,7 +574,7 @@ def header_table(w: Worker) -> Table:
     return table
 
 
-def series_table(series: Sequence[Series]) -> Table:
+def series_table(series: Sequence[Series]) -> Grid:
     """Return every series of a file: name and help, labels, unit and value."""
     table = _table(title=f"Series ({len(series)})")
     _txt(table, "Name / help")
@@ -608,7 +608,7 @@ def _value(s: Series) -> Text:
     return Text(str(value))
 
 
-def bucket_table(s: Series) -> Table:
+def bucket_table(s: Series) -> Grid:
     """Return every non-empty bucket of a histogram with its bounds."""
     hist: HistogramValue = s.value
     title = Text("Buckets of ")
@@ -641,7 +641,7 @@ def _g(value: float | None) -> str:
     return DASH if value is None else f"{value:.6g}"
 
 
-def slot_table(slots: Sequence[Slot], now: float) -> Table:
+def slot_table(slots: Sequence[Slot], now: float) -> Grid:
     """Return the requests a file's slots hold (being served, or at death)."""
     table = _table(title=f"Slots in use ({len(slots)})")
     _num(table, "Index")
@@ -657,7 +657,7 @@ def slot_table(slots: Sequence[Slot], now: float) -> Table:
     return table
 
 
-def slow_dump_table(entries: Sequence[SlowEntry]) -> Table:
+def slow_dump_table(entries: Sequence[SlowEntry]) -> Grid:
     """Return a file's slow ring with every field, unabridged."""
     table = _table(title=f"Slow ring ({len(entries)} entries)")
     _num(table, "Seq")

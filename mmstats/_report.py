@@ -28,6 +28,18 @@ from ._reader import (
 SCHEMA_VERSION = 1
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 LIVE_STATES = ("alive", "unknown")
+# The metrics a Summary is made of: all that show and top read of a worker.
+SUMMARY_NAMES = frozenset(
+    {
+        "requests",
+        "responses",
+        "exceptions",
+        "in_flight",
+        "memory_rss_bytes",
+        "request_seconds",
+        "db_queries",
+    }
+)
 
 
 # -- JSON ---------------------------------------------------------------------
@@ -192,14 +204,19 @@ class Summary:
     @property
     def p50(self) -> float | None:
         """Return the median request time in seconds."""
-        hist = self.request_seconds
-        return hist.quantile(0.5) if hist is not None else None
+        return self.percentiles()[0]
 
     @property
     def p99(self) -> float | None:
         """Return the 99th percentile of request time in seconds."""
+        return self.percentiles()[1]
+
+    def percentiles(self) -> list[float | None]:
+        """Return the median and the 99th percentile of request time."""
         hist = self.request_seconds
-        return hist.quantile(0.99) if hist is not None else None
+        if hist is None:
+            return [None, None]
+        return hist.quantiles((0.5, 0.99))
 
     @property
     def queries_per_request(self) -> float | None:

@@ -135,10 +135,21 @@ def _check_directory(path: str, st: os.stat_result, private: bool) -> None:
 
 def _read_proc(path: str) -> str:
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def process_start_ticks(pid: int) -> int:
