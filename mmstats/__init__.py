@@ -7,24 +7,10 @@ its own; readers in other processes show every worker at once.
 
 from __future__ import annotations
 
-from ._archive import CleanResult, clean
-from ._exporter import MetricsApp, exposition, scrape
-from ._page import json_document, live_page
-from ._reader import (
-    BadFile,
-    GaugeTotal,
-    HistogramValue,
-    Series,
-    Slot,
-    SlowEntry,
-    Snapshot,
-    Worker,
-    aggregate,
-    read_directory,
-    read_file,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._recorder import RequestRecorder, current_request, exception_name, record_query
-from ._serve import StatsApp
 from ._stats import (
     Counter,
     CounterSeries,
@@ -45,7 +31,64 @@ from .exceptions import (
     UnsupportedVersionError,
 )
 
+if TYPE_CHECKING:
+    from ._archive import CleanResult, clean
+    from ._exporter import MetricsApp, exposition, scrape
+    from ._page import json_document, live_page
+    from ._reader import (
+        BadFile,
+        GaugeTotal,
+        HistogramValue,
+        Series,
+        Slot,
+        SlowEntry,
+        Snapshot,
+        Worker,
+        aggregate,
+        read_directory,
+        read_file,
+    )
+    from ._serve import StatsApp
+
 __version__ = "0.1.0"
+
+# The readers are imported on first use: an app that only writes stats (a
+# web worker) does not pay for the reader, the exporter and the web server.
+_LAZY = {
+    "CleanResult": "_archive",
+    "clean": "_archive",
+    "MetricsApp": "_exporter",
+    "exposition": "_exporter",
+    "scrape": "_exporter",
+    "json_document": "_page",
+    "live_page": "_page",
+    "BadFile": "_reader",
+    "GaugeTotal": "_reader",
+    "HistogramValue": "_reader",
+    "Series": "_reader",
+    "Slot": "_reader",
+    "SlowEntry": "_reader",
+    "Snapshot": "_reader",
+    "Worker": "_reader",
+    "aggregate": "_reader",
+    "read_directory": "_reader",
+    "read_file": "_reader",
+    "StatsApp": "_serve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmstats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BadFile",

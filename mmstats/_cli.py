@@ -41,9 +41,9 @@ from ._render import (
 )
 from ._report import (
     SUMMARY_NAMES,
-    dumps,
+    filtered,
     lifetime_rate,
-    snapshot_to_json,
+    snapshot_json_text,
     summarize,
     uptime,
 )
@@ -537,15 +537,46 @@ def slow(app: CliContext, path: str, wide: bool, limit: int, sort: str) -> None:
 
 
 @cli.command("json")
-@click.option("--compact", is_flag=True, help="One line instead of indented.")
+@click.option(
+    "--compact/--indent",
+    default=None,
+    help="One line, or indented (default: indented on a terminal, else one line).",
+)
+@click.option(
+    "--slow",
+    "slow_limit",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Keep the newest N entries of each slow ring (default: all).",
+)
+@click.option(
+    "--metrics",
+    metavar="NAMES",
+    default=None,
+    help="Keep only these metrics (names separated by commas).",
+)
 @_common
-def json_command(app: CliContext, path: str, compact: bool) -> None:
+def json_command(
+    app: CliContext,
+    path: str,
+    compact: bool | None,
+    slow_limit: int | None,
+    metrics: str | None,
+) -> None:
     """Everything in the directory as one JSON document (schema 1).
 
     The document is printed even when the exit status is 1 or 4.
     """
-    snapshot = read_directory(path)
-    app.out.write(dumps(snapshot_to_json(snapshot), None if compact else 2) + "\n")
+    names = None
+    if metrics is not None:
+        names = frozenset(n.strip() for n in metrics.split(",") if n.strip())
+    snapshot = read_directory(path, slow=slow_limit != 0, names=names)
+    if names is not None or slow_limit is not None:
+        snapshot = filtered(snapshot, names, slow_limit)
+    if compact is None:
+        compact = not app.out.isatty()
+    app.out.write(snapshot_json_text(snapshot, None if compact else 2) + "\n")
     app.out.flush()
     _fail_on_bad_files(app, snapshot)
     _fail_if_empty(snapshot)

@@ -17,12 +17,11 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-from ._reader import Series, SlowEntry, Snapshot, read_directory
-from ._report import SCHEMA_VERSION, dumps, snapshot_to_json
+from ._reader import read_directory
+from ._report import SCHEMA_VERSION, dumps, filtered, snapshot_json_text
 from .exceptions import MmstatsError
 
 log = logging.getLogger(__name__)
@@ -157,36 +156,13 @@ def _build(
     slow: int | None,
 ) -> bytes:
     try:
-        snapshot = read_directory(directory)
+        snapshot = read_directory(directory, slow=slow != 0, names=names)
         if names is not None or slow is not None:
-            snapshot = _filtered(snapshot, names, slow)
-        doc: Any = snapshot_to_json(snapshot)
+            snapshot = filtered(snapshot, names, slow)
+        return snapshot_json_text(snapshot).encode("ascii")
     except MmstatsError as exc:
-        doc = {"schema": SCHEMA_VERSION, "error": str(exc)}
+        doc: Any = {"schema": SCHEMA_VERSION, "error": str(exc)}
     except Exception as exc:  # the page must always get an answer
         log.exception("mmstats could not read %r for the page", directory)
         doc = {"schema": SCHEMA_VERSION, "error": f"internal error: {exc!r}"}
     return dumps(doc, indent=None).encode("ascii")
-
-
-def _filtered(
-    snapshot: Snapshot, names: frozenset[str] | None, slow: int | None
-) -> Snapshot:
-    """Return the snapshot with only the named metrics and newest slow entries."""
-
-    def series(found: list[Series]) -> list[Series]:
-        return found if names is None else [s for s in found if s.name in names]
-
-    def entries(found: list[SlowEntry]) -> list[SlowEntry]:
-        return found if slow is None else found[:slow]
-
-    workers = [
-        replace(w, series=series(w.series), slow=entries(w.slow))
-        for w in snapshot.workers
-    ]
-    archive = replace(
-        snapshot.archive,
-        series=series(snapshot.archive.series),
-        slow=entries(snapshot.archive.slow),
-    )
-    return replace(snapshot, workers=workers, archive=archive)

@@ -810,7 +810,7 @@ class _Layout:
     back to a file (top, serve, the page) walks only what was added since.
     """
 
-    __slots__ = ("used", "metrics", "cells", "slots", "rings", "selections")
+    __slots__ = ("used", "metrics", "cells", "slots", "rings", "selections", "entries")
 
     def __init__(self) -> None:
         self.used = F.HEADER_SIZE
@@ -819,6 +819,8 @@ class _Layout:
         self.slots: list[tuple[int, int]] = []  # (offset, size)
         self.rings: list[tuple[int, int]] = []
         self.selections: dict[Names, _Selection] = {}
+        # Slow entries decoded before, by byte offset: (generation, entry).
+        self.entries: dict[int, tuple[int, SlowEntry]] = {}
 
     def select(self, names: Names) -> _Selection:
         """Return the cells and metrics of these names (all for None)."""
@@ -864,6 +866,7 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     layout.cells = list(known.cells)
     layout.slots = list(known.slots)
     layout.rings = list(known.rings)
+    layout.entries = known.entries
     head = F.RECORD_HEAD.unpack_from
     off = known.used
     while off < used:
@@ -918,7 +921,7 @@ def _parse_records(
         _parse_slot(worker, b, q, off, rsize, live, patience)
     if rings:
         for off, rsize in layout.rings:
-            _parse_ring(worker, b, q, off, rsize, live, patience)
+            _parse_ring(worker, b, q, off, rsize, live, patience, layout.entries)
     _collect_series(worker, layout.select(names), q, d, b, live, patience)
 
 
@@ -1152,29 +1155,36 @@ def _parse_ring(
     rsize: int,
     live: bool,
     patience: _Patience,
+    known: dict[int, tuple[int, SlowEntry]] | None = None,
 ) -> None:
+    """Add a slow ring's complete entries to the worker, newest first.
+
+    An entry is copied under its generation word (odd while written, then
+    even and unique).  One decoded before whose generation has not moved
+    since is the same entry, and is taken from ``known``.
+    """
     capacity, entry_size = _ring_shape(b, off, rsize)
-    # One copy of the whole ring, then the generations read again from the
-    # file: an entry whose generation is the same, even and not 0 in both
-    # was complete and unchanged while copied.  Others are copied alone.
+    if known is None:
+        known = {}
     base = off + 16
-    ring = bytes(b[base : base + capacity * entry_size])
     stride = entry_size // 8
-    copied = memoryview(ring).cast("q")[::stride].tolist()[:capacity]
-    now = q[base // 8 : base // 8 + capacity * stride : stride].tolist()
-    for i, gen in enumerate(copied):
-        if gen == 0 and now[i] == 0:
+    gens = q[base // 8 : base // 8 + capacity * stride : stride].tolist()[:capacity]
+    for i, gen in enumerate(gens):
+        if gen == 0:
             continue
         start = base + i * entry_size
-        if gen == now[i] and gen and not gen & 1:
-            data = ring[i * entry_size : (i + 1) * entry_size]
-        else:
-            data, gen, settled = _stable(
-                b, q, start // 8, start, start + entry_size, live, patience
-            )
-            if not settled or not gen:
-                continue  # a writer killed mid-entry: the entry is incomplete
-        worker.slow.append(_slow_entry(worker, data, gen))
+        hit = known.get(start)
+        if hit is not None and hit[0] == gen:
+            worker.slow.append(hit[1])
+            continue
+        data, gen, settled = _stable(
+            b, q, start // 8, start, start + entry_size, live, patience
+        )
+        if not settled or not gen:
+            continue  # a writer killed mid-entry: the entry is incomplete
+        entry = _slow_entry(worker, data, gen)
+        known[start] = (gen, entry)
+        worker.slow.append(entry)
     worker.slow.sort(key=lambda e: e.seq, reverse=True)
 
 

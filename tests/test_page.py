@@ -210,9 +210,9 @@ class TestSharedReads:
         calls: list[float] = []
         real = _page.read_directory
 
-        def counting(directory: Any) -> Any:
+        def counting(directory: Any, **kwargs: Any) -> Any:
             calls.append(1)
-            return real(directory)
+            return real(directory, **kwargs)
 
         monkeypatch.setattr(_page, "read_directory", counting)
         return calls
