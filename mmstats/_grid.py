@@ -8,12 +8,11 @@ of our tables hold short one-line cells that fit the terminal, so
 it stands for (the ``SIMPLE`` box without edges, no padding, a space
 between columns).  When a cell spans lines or the table is wider than the
 terminal, it hands the whole table to rich, which shrinks and folds the
-text columns.
+text columns, and so it does for cells of styled text.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -103,7 +102,12 @@ class Grid:
                 cells.append(column.footer)
             width = column.min_width or 0
             for cell in cells:
-                plain = cell.plain if isinstance(cell, Text) else cell
+                if isinstance(cell, Text):
+                    if cell.style or cell.spans:
+                        return None  # styled text: rich lays it out
+                    plain = cell.plain
+                else:
+                    plain = cell
                 if "\n" in plain:
                     return None
                 size = len(plain) if plain.isascii() else cell_len(plain)
@@ -160,67 +164,21 @@ class Grid:
 def _row(
     cells: Iterable[Cell], widths: list[int], justify: list[str], style: Style | None
 ) -> Iterator[Segment]:
-    parts: list[Segment] = []
-    plain = True
-    for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
-        if isinstance(cell, Text):
-            text = cell.plain
-            styled = bool(cell.spans or cell.style)
-        else:
-            text, styled = cell, False
+    """Yield one line: each cell padded to its column, a space between."""
+    padded = []
+    for cell, width, side in zip(cells, widths, justify, strict=True):
+        text = cell.plain if isinstance(cell, Text) else cell
         size = len(text) if text.isascii() else cell_len(text)
         gap = " " * (width - size)
-        sep = " " if i else ""
-        if styled:
-            assert isinstance(cell, Text)
-            plain = False
-            left, right = (gap, "") if justify[i] == "right" else ("", gap)
-            parts.append(Segment(sep + left, style))
-            for span_text, span_style in _styled(cell):
-                parts.append(Segment(span_text, _combine(style, span_style)))
-            parts.append(Segment(right, style))
-        else:
-            padded = gap + text if justify[i] == "right" else text + gap
-            parts.append(Segment(sep + padded, style))
-    if plain:
-        yield Segment("".join(s.text for s in parts), style)
-    else:
-        yield from parts
+        padded.append(gap + text if side == "right" else text + gap)
+    if style is None:
+        yield Segment(" ".join(padded))
+    else:  # as rich does: each cell styled, the spaces between not
+        for i, text in enumerate(padded):
+            if i:
+                yield Segment(" ")
+            yield Segment(text, style)
     yield Segment.line()
-
-
-def _styled(text: Text) -> Iterator[tuple[str, Style | str | None]]:
-    """Yield the pieces of a one-line Text with the style of each."""
-    plain = text.plain
-    base = text.style or None
-    if not text.spans:
-        yield plain, base
-        return
-    # Split at every span boundary; each piece takes the base style and
-    # the styles of the spans over it, in order.
-    cuts = sorted(
-        {0, len(plain), *(s.start for s in text.spans), *(s.end for s in text.spans)}
-    )
-    for start, end in itertools.pairwise(cuts):
-        if start >= end:
-            continue
-        styles = [base] + [
-            s.style for s in text.spans if s.start <= start and s.end >= end
-        ]
-        yield plain[start:end], _merge(styles)
-
-
-def _merge(styles: list[Style | str | None]) -> Style | None:
-    out: Style | None = None
-    for s in styles:
-        if s:
-            style = Style.parse(s) if isinstance(s, str) else s
-            out = style if out is None else out + style
-    return out
-
-
-def _combine(a: Style | None, b: Style | str | None) -> Style | None:
-    return _merge([a, b])
 
 
 def _annotation(

@@ -868,23 +868,25 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     layout.rings = list(known.rings)
     layout.entries = known.entries
     head = F.RECORD_HEAD.unpack_from
+    head_id = _HEAD_ID.unpack_from
+    metrics, cells = layout.metrics, layout.cells
+    R_METRIC, R_CELL, PAYLOAD = F.R_METRIC, F.R_CELL, F.CELL_PAYLOAD  # noqa: N806
     off = known.used
     while off < used:
-        rtype, rsize = head(b, off)
+        if off + 12 <= used:
+            rtype, rsize, ident = head_id(b, off)
+        else:
+            (rtype, rsize), ident = head(b, off), 0
         if rsize < 8 or rsize % 8 or off + rsize > used:
             raise CorruptFileError(
                 path, f"has a record at byte {off} of bad size {rsize}"
             )
-        if rtype == F.R_METRIC:
-            mid, meta = _parse_metric(b, off, rsize)
-            layout.metrics[mid] = meta
-        elif rtype == F.R_CELL:
-            if rsize < F.CELL_PAYLOAD + 8:
+        if rtype == R_CELL:
+            if rsize < PAYLOAD + 8:
                 raise ValueError(f"cell record at byte {off} is too short")
-            mid = F.CELL_FIXED.unpack_from(b, off)[2]
-            layout.cells.append(
-                (mid, (off + F.CELL_PAYLOAD) // 8, rsize - F.CELL_PAYLOAD)
-            )
+            cells.append((ident, (off + PAYLOAD) // 8, rsize - PAYLOAD))
+        elif rtype == R_METRIC:
+            metrics[ident] = _parse_metric(b, off, rsize)
         elif rtype == F.R_SLOT:
             layout.slots.append((off, rsize))
         elif rtype == F.R_RING:
@@ -936,20 +938,25 @@ def _clean(value: object) -> str:
 
 # Metric records are written once and never change, and every worker of an
 # app has the same ones: decoded records are kept by their bytes.
-_metric_cache: dict[bytes, tuple[int, dict[str, Any]]] = {}
+_metric_cache: dict[bytes, dict[str, Any]] = {}
 _METRIC_CACHE_MAX = 50_000
 
 
-def _parse_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
-    key = bytes(b[off + 8 : off + rsize])
+def _parse_metric(b: Any, off: int, rsize: int) -> dict[str, Any]:
+    # Keyed without the id, which differs between workers that made the
+    # same metrics in another order.
+    key = bytes(b[off + 12 : off + rsize])
     cached = _metric_cache.get(key)
     if cached is not None:
         return cached
-    parsed = _decode_metric(b, off, rsize)
+    parsed = _decode_metric(b, off, rsize)[1]
     if len(_metric_cache) >= _METRIC_CACHE_MAX:
         _metric_cache.clear()
     _metric_cache[key] = parsed
     return parsed
+
+
+_HEAD_ID = struct.Struct("=III")  # record type, size, and the id that follows
 
 
 def _decode_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
@@ -1268,7 +1275,7 @@ def aggregate(
     final = [w for w in workers if w.state in FINAL_STATES]
     # Only workers held by the read cache are known never to change (a
     # caller may pass edited copies): those are summed once and kept.
-    kept = all(_finals.get(w.path, (None, None, None))[1] is w for w in final)
+    kept = all(_final_workers.get(id(w)) is w for w in final)
     key = tuple(sorted(id(w) for w in final)) if kept else None
     base = _final_sums.get(key) if key is not None else None
     if base is None:
@@ -1432,8 +1439,9 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
 
 # Files of dead and closed workers never change again: a long-running
 # reader keeps what it parsed of them, checked against the file's identity.
-# path -> (inode, worker, rings read, names read)
-_finals: dict[str, tuple[int, Worker, bool, Names]] = {}
+# (path, rings read, names read) -> (inode, worker)
+_finals: dict[tuple[str, bool, Names], tuple[int, Worker]] = {}
+_final_workers: dict[int, Worker] = {}  # the same workers, by id
 _FINALS_MAX = 20_000
 
 
@@ -1443,13 +1451,13 @@ def _cached_final(path: str, inode: int, rings: bool, names: Names) -> Worker | 
     Such a file has no writer left, so the same inode under the same name
     (which holds the writer's pid and a random part) is the same content.
     """
-    entry = _finals.get(path)
-    if entry is None or (rings and not entry[2]):
-        return None
-    if entry[3] is not None and (names is None or not names <= entry[3]):
+    key = (path, rings, names)
+    entry = _finals.get(key)
+    if entry is None:
         return None
     if inode != entry[0]:
-        del _finals[path]
+        del _finals[key]
+        _final_workers.pop(id(entry[1]), None)
         return None
     return entry[1]
 
@@ -1461,7 +1469,12 @@ def _remember_final(
         return
     if len(_finals) >= _FINALS_MAX:
         _finals.clear()
-    _finals[path] = (inode, worker, rings, names)
+        _final_workers.clear()
+    old = _finals.get((path, rings, names))
+    if old is not None:
+        _final_workers.pop(id(old[1]), None)
+    _finals[(path, rings, names)] = (inode, worker)
+    _final_workers[id(worker)] = worker
 
 
 def read_directory(
