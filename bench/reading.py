@@ -215,10 +215,32 @@ def prom_scrape(directory: str) -> Callable[[], object]:
     return lambda: generate_latest(registry)
 
 
+def cold(
+    make: Callable[[str], Callable[[], object]],
+) -> Callable[[str], Callable[[], object]]:
+    """Return the reader made to start cold: nothing kept from earlier reads."""
+
+    def made(directory: str) -> Callable[[], object]:
+        from mmstats._reader import drop_caches
+
+        run = make(directory)
+
+        def run_cold() -> object:
+            drop_caches()
+            return run()
+
+        return run_cold
+
+    return made
+
+
 READERS: dict[str, tuple[str, Callable[[str], Callable[[], object]]]] = {
     "mmstats show": ("mm", mm_show),
     "mmstats json": ("mm", mm_json),
     "mmstats scrape": ("mm", mm_scrape),
+    "mmstats show (cold)": ("mm", cold(mm_show)),
+    "mmstats json (cold)": ("mm", cold(mm_json)),
+    "mmstats scrape (cold)": ("mm", cold(mm_scrape)),
     "prometheus_client collect": ("prom", prom_collect),
     "prometheus_client collect + generate_latest": ("prom", prom_scrape),
 }
@@ -325,6 +347,99 @@ def measure_commands(
     return {"rounds": rounds, "rows": rows}
 
 
+PAGE_METRICS = (
+    "requests,responses,in_flight,request_seconds,db_queries,memory_rss_bytes"
+)
+
+
+def measure_page(directory: str, quick: bool) -> dict[str, Any]:
+    """CPU of ``mmstats serve`` while tabs of the live page poll it.
+
+    Each tab asks for the document the page's script asks for (its metrics
+    and 100 slow entries per worker) every 2 s, starting at its own offset,
+    as open tabs do.  The server's CPU time comes from /proc/PID/stat,
+    counted over the polling only (after one warm-up request).
+    """
+    import threading
+    import urllib.request
+
+    tabs, interval = 5, 2.0
+    seconds = 4.0 if quick else 30.0
+    port = _util.free_port()
+    proc = subprocess.Popen(
+        [
+            *_mmstats_command(),
+            "serve",
+            "--dir",
+            directory,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/api/json?metrics={PAGE_METRICS}&slow=100"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as answer:
+                    size = len(answer.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mmstats serve did not answer") from None
+                time.sleep(0.1)
+        polls: list[int] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def tab(offset: float) -> None:
+            if stop.wait(offset):
+                return
+            while not stop.is_set():
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as answer:
+                        answer.read()
+                    polls.append(1)
+                except OSError as exc:
+                    failures.append(repr(exc))
+                stop.wait(interval)
+
+        threads = [
+            threading.Thread(target=tab, args=(interval * i / tabs,), daemon=True)
+            for i in range(tabs)
+        ]
+        before, start = _proc_cpu(proc.pid), time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join(15)
+        cpu, wall = _proc_cpu(proc.pid) - before, time.monotonic() - start
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {
+        "tabs": tabs,
+        "interval": interval,
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "core_percent": 100.0 * cpu / wall,
+        "polls": len(polls),
+        "failures": failures[:5],
+        "document_bytes": size,
+    }
+
+
+def _proc_cpu(pid: int) -> float:
+    """Return the user + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _prom_used(path: str) -> int:
     with open(path, "rb") as f:
         return int(struct.unpack("i", f.read(4))[0])
@@ -380,6 +495,8 @@ def main() -> None:
         reads = measure_reads(dirs, counts, args.quick)
         _util.log("reading: whole commands")
         commands = measure_commands(dirs, counts, args.quick)
+        _util.log("reading: the live page polled by 5 tabs")
+        page = measure_page(dirs[f"mm-{dirs['base']}"], args.quick)
         size = measure_size(root, live)
     finally:
         os.close(release)
@@ -402,6 +519,7 @@ def main() -> None:
             "clean": cleaned,
             "in_process": reads,
             "commands": commands,
+            "page": page,
             "size": size,
         },
     )

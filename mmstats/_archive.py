@@ -121,6 +121,16 @@ def _from_json(data: Any) -> Archive:
     return Archive(series, slow, folded, int(data["workers"]))
 
 
+# The archive read last, by file identity: readers that come back (top,
+# serve, the page) parse it again only after a clean has rewritten it.
+_kept: tuple[tuple[Any, ...], Archive] | None = None
+
+
+def _keep(identity: tuple[Any, ...], archive: Archive) -> None:
+    global _kept
+    _kept = (identity, archive)
+
+
 def load_archive(directory: str) -> Archive:
     """Read the archive of ``directory``; a bad one comes back empty with an error."""
     path = os.path.join(directory, ARCHIVE_NAME)
@@ -132,8 +142,14 @@ def load_archive(directory: str) -> Archive:
         return Archive(error=f"cannot be opened: {exc.strerror}")
     try:
         with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if _kept is not None and _kept[0] == identity:
+                return _kept[1]  # a clean replaces the file: a new inode
             data = json.loads(f.read(64 * 1024 * 1024))
-        return _from_json(data)
+        archive = _from_json(data)
+        _keep(identity, archive)
+        return archive
     except (
         ValueError,
         KeyError,

@@ -1477,6 +1477,25 @@ def _remember_final(
     _final_workers[id(worker)] = worker
 
 
+def drop_caches() -> None:
+    """Forget what readers keep between reads, so the next read starts cold.
+
+    For benchmarks and tests: a reader that comes back to a directory
+    keeps decoded metric records, record layouts, slow entries and dead
+    workers, which never change once written.
+    """
+    _metric_cache.clear()
+    _layouts.clear()
+    _finals.clear()
+    _final_workers.clear()
+    _final_sums.clear()
+    from . import _archive
+    from ._report import forget_entry_texts
+
+    forget_entry_texts()
+    _archive._keep((), Archive())
+
+
 def read_directory(
     directory: str | os.PathLike[str] | None = None,
     *,

@@ -226,6 +226,11 @@ _entry_texts: dict[tuple[Any, ...], str] = {}
 _ENTRY_TEXTS_MAX = 200_000
 
 
+def forget_entry_texts() -> None:
+    """Forget the kept texts of slow entries."""
+    _entry_texts.clear()
+
+
 def _entry_text(key: tuple[Any, ...], entry: SlowEntry) -> str:
     full = (*key, entry.seq)
     text = _entry_texts.get(full)
