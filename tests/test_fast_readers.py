@@ -252,3 +252,17 @@ def test_a_replaced_file_is_read_anew(stats_dir: Path, tmp_path: Path) -> None:
     os.unlink(target)
     os.link(three, target)
     assert mmstats.read_directory(stats_dir).workers[0].value("n") == 5
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -0.0, 1e-300, 12345.678, float("nan"), float("inf"), -float("inf")]
+)
+def test_slow_entries_are_written_as_json_writes_them(value: float) -> None:
+    from mmstats._reader import SlowEntry
+    from mmstats._report import _encode, _entry_json
+
+    entry = SlowEntry(
+        7, 4242, "hôst<", "GET", '/a"b\\c\x00\u2028\ud800', "v</script>", 503,
+        value, 2.5, value, 12, value, -(2**40), value,
+    )  # fmt: skip
+    assert _entry_json(entry) == _encode(entry.to_json())
