@@ -393,6 +393,41 @@ class TestJson:
         assert hist["value"]["count"] == 15
         assert {"p50", "p90", "p99", "buckets", "sum"} <= hist["value"].keys()
 
+    def test_piped_output_is_one_line_unless_asked(self, populated: Workers) -> None:
+        """Piped, the document is one line; --indent indents it; both parse to
+        the same document."""
+        d = os.fspath(populated.directory)
+        piped = mmstats_cli("json", "--dir", d).stdout
+        indented = mmstats_cli("json", "--dir", d, "--indent").stdout
+        assert piped.count("\n") == 1 and indented.count("\n") > 50
+        one, two = json.loads(piped), json.loads(indented)
+        one.pop("read_at"), two.pop("read_at")
+        assert one == two
+
+    def test_slow_and_metrics_keep_the_schema(self, populated: Workers) -> None:
+        """--slow N keeps the newest N entries of each ring and --metrics the
+        named metrics, everywhere in the document."""
+        d = os.fspath(populated.directory)
+        full = json.loads(mmstats_cli("json", "--dir", d).stdout)
+        doc = json.loads(
+            mmstats_cli(
+                "json", "--dir", d, "--slow", "1", "--metrics", "requests,in_flight"
+            ).stdout
+        )
+        assert doc.keys() == full.keys()
+        for worker, before in zip(doc["workers"], full["workers"], strict=True):
+            assert worker["slow"] == before["slow"][:1]
+            assert {m["name"] for m in worker["metrics"]} <= {"requests", "in_flight"}
+            assert [m for m in worker["metrics"] if m["name"] == "requests"] == [
+                m for m in before["metrics"] if m["name"] == "requests"
+            ]
+        assert {t["name"] for t in doc["totals"]} == {"requests", "in_flight"}
+        none = json.loads(mmstats_cli("json", "--dir", d, "--slow", "0").stdout)
+        assert all(w["slow"] == [] for w in none["workers"])
+        assert any(w["slow"] for w in full["workers"])
+        bad = mmstats_cli("json", "--dir", d, "--slow", "-1")
+        assert bad.returncode == 2 and "--slow" in bad.stderr
+
     def test_dead_worker_keeps_its_slot(self, populated: Workers) -> None:
         """The killed worker is "dead" and its slot holds the request it served."""
         doc = json.loads(
