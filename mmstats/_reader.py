@@ -9,6 +9,7 @@ directory scan never raises for one bad file but lists it in
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -120,6 +121,18 @@ class HistogramValue:
             if buckets and min(buckets.values()) < 0:
                 raise ValueError("histogram cell has a negative bucket count")
             hist._plain = buckets
+        return hist
+
+    @classmethod
+    def from_packed(
+        cls, meta: dict[str, Any], packed: int, sum: float
+    ) -> HistogramValue:
+        """Build a histogram from bucket words read as one integer, each
+        below 2**48."""
+        hist = cls(meta["lo"], meta["gamma"], meta["integer"], None, sum)
+        hist.nbuckets = meta["nbuckets"]
+        hist._packed = packed
+        hist._parts = 1
         return hist
 
     @property
@@ -1056,10 +1069,27 @@ def _read_histogram(
     n = meta["nbuckets"]
     if size < 8 * (F.HIST_BUCKETS + n):
         raise ValueError("histogram cell is shorter than its buckets")
-    end = (word + F.HIST_BUCKETS + n) * 8
+    start = (word + F.HIST_BUCKETS) * 8
+    end = start + 8 * n
+    # The common case in one go: the buckets straight into one integer
+    # between two equal, even reads of the sequence word.
+    before = q[word]
+    packed = int.from_bytes(b[start:end], F.NATIVE_ORDER)
+    sum_value: float = _DOUBLE.unpack_from(b, (word + F.HIST_SUM) * 8)[0]
+    if not before & 1 and q[word] == before and not packed & _high_bits(n):
+        return HistogramValue.from_packed(meta, packed, sum_value)
     data, _, _ = _stable(b, q, word, word * 8, end, live, patience)
-    sum_value: float = _DOUBLE.unpack_from(data, 8 * F.HIST_SUM)[0]
+    sum_value = _DOUBLE.unpack_from(data, 8 * F.HIST_SUM)[0]
     return HistogramValue.from_words(meta, data[8 * F.HIST_BUCKETS :], sum_value)
+
+
+@functools.lru_cache(maxsize=256)
+def _high_bits(n: int) -> int:
+    """Return the bits 48 to 63 of each of ``n`` packed 64-bit digits."""
+    return int.from_bytes(_HIGH_WORD * n, F.NATIVE_ORDER)
+
+
+_HIGH_WORD = (0xFFFF << 48).to_bytes(8, F.NATIVE_ORDER)
 
 
 _DOUBLE = struct.Struct("=d")
