@@ -360,9 +360,16 @@ class Series:
     unit: str
     labels: dict[str, str]
     value: Any  # int (counter), float (gauge), HistogramValue, str (text)
+    # The key, when the reader knew it already (it is the same for every
+    # worker with this metric record).
+    known_key: tuple[str, LabelKey] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def key(self) -> tuple[str, LabelKey]:
+        if self.known_key is not None:
+            return self.known_key
         return (self.name, tuple(sorted(self.labels.items())))
 
 
@@ -999,6 +1006,7 @@ def _decode_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
         unit=_clean(meta.get("unit", "")),
         labels={_clean(k): _clean(v) for k, v in labels.items()},
     )
+    meta["key"] = (meta["name"], tuple(sorted(meta["labels"].items())))
     if kind == F.KIND_HISTOGRAM:
         if nbuckets < 2:
             raise ValueError(f"histogram record at byte {off} has {nbuckets} buckets")
@@ -1053,6 +1061,7 @@ def _collect_series(
                     meta["unit"],
                     meta["labels"],
                     values[mid],
+                    meta["key"],
                 )
             )
 
