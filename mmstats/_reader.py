@@ -54,6 +54,11 @@ _PACKED_MAX_PARTS = 1 << 15
 _HIGH_BYTES = (6, 7) if F.NATIVE_ORDER == "little" else (0, 1)
 
 
+def _add_into(mine: dict[int, int], buckets: dict[int, int]) -> None:
+    for k, n in buckets.items():
+        mine[k] = mine.get(k, 0) + n
+
+
 def _packable(raw: bytes) -> bool:
     """Return whether every u64 word of ``raw`` is below 2**48 (so not negative)."""
     a, b = _HIGH_BYTES
@@ -69,17 +74,7 @@ class HistogramValue:
     them, so adding many workers' histograms up costs little.
     """
 
-    __slots__ = (
-        "lo",
-        "gamma",
-        "integer",
-        "sum",
-        "nbuckets",
-        "_count",
-        "_plain",
-        "_packed",
-        "_parts",
-    )
+    __slots__ = ("lo", "gamma", "integer", "sum", "nbuckets", "_count", "_state")
 
     def __init__(
         self,
@@ -96,11 +91,15 @@ class HistogramValue:
         self.integer = integer
         self.sum = sum
         self.nbuckets = nbuckets  # of the scheme: the last one also holds all above
-        # The value is the packed buckets plus the plain ones.
-        self._plain: dict[int, int] = {} if buckets is None else buckets
-        self._packed = 0
-        self._parts = 0  # how many packed histograms were added into _packed
         self._count = count
+        # The buckets: those packed into one integer (and how many
+        # histograms were added into it), plus plain ones.  One tuple,
+        # replaced whole, so that threads sharing a value read it whole.
+        self._state: tuple[int, int, dict[int, int]] = (
+            0,
+            0,
+            {} if buckets is None else buckets,
+        )
 
     @classmethod
     def from_words(cls, meta: dict[str, Any], raw: bytes, sum: float) -> HistogramValue:
@@ -111,16 +110,13 @@ class HistogramValue:
 
         :raises ValueError: a bucket count is negative.
         """
-        hist = cls(meta["lo"], meta["gamma"], meta["integer"], None, sum)
-        hist.nbuckets = meta["nbuckets"]
         if _packable(raw):
-            hist._packed = int.from_bytes(raw, F.NATIVE_ORDER)
-            hist._parts = 1
-        else:
-            buckets = _nonzero_buckets(raw)
-            if buckets and min(buckets.values()) < 0:
-                raise ValueError("histogram cell has a negative bucket count")
-            hist._plain = buckets
+            return cls.from_packed(meta, int.from_bytes(raw, F.NATIVE_ORDER), sum)
+        buckets = _nonzero_buckets(raw)
+        if buckets and min(buckets.values()) < 0:
+            raise ValueError("histogram cell has a negative bucket count")
+        hist = cls(meta["lo"], meta["gamma"], meta["integer"], None, sum, buckets)
+        hist.nbuckets = meta["nbuckets"]
         return hist
 
     @classmethod
@@ -131,26 +127,24 @@ class HistogramValue:
         below 2**48."""
         hist = cls(meta["lo"], meta["gamma"], meta["integer"], None, sum)
         hist.nbuckets = meta["nbuckets"]
-        hist._packed = packed
-        hist._parts = 1
+        hist._state = (packed, 1, {})
         return hist
 
     @property
     def buckets(self) -> dict[int, int]:
         """Counts of the non-zero buckets, by bucket index."""
-        if self._parts:
-            packed = self._packed
+        packed, parts, plain = self._state
+        if parts:
             raw = packed.to_bytes((packed.bit_length() + 63) // 64 * 8, F.NATIVE_ORDER)
-            plain = self._plain
-            self._plain = _nonzero_buckets(raw)
-            self._packed = self._parts = 0
-            self._add_plain(plain)
-        return self._plain
+            unpacked = _nonzero_buckets(raw)
+            _add_into(unpacked, plain)
+            self._state = (0, 0, unpacked)
+            return unpacked
+        return plain
 
     @buckets.setter
     def buckets(self, value: dict[int, int]) -> None:
-        self._plain = value
-        self._packed = self._parts = 0
+        self._state = (0, 0, value)
         self._count = None
 
     @property
@@ -165,7 +159,7 @@ class HistogramValue:
         self._count = value
 
     def merge(self, other: HistogramValue) -> None:
-        """Add ``other`` into this histogram."""
+        """Add ``other`` into this histogram (``other`` is left as it is)."""
         if not self.same_scheme(other):
             raise ValueError(
                 f"Cannot merge histograms with buckets lo={other.lo!r} "
@@ -175,19 +169,14 @@ class HistogramValue:
         if count is not None:
             count = None if other._count is None else count + other._count
         self.sum += other.sum
-        if other._parts and self._parts + other._parts < _PACKED_MAX_PARTS:
-            self._packed += other._packed
-            self._parts += other._parts
-            self._add_plain(other._plain)
+        packed, parts, plain = self._state
+        opacked, oparts, oplain = other._state
+        if oparts and parts + oparts < _PACKED_MAX_PARTS:
+            _add_into(plain, oplain)
+            self._state = (packed + opacked, parts + oparts, plain)
         else:
-            self._add_plain(other.buckets)
+            _add_into(plain, other.buckets)
         self._count = count
-
-    def _add_plain(self, buckets: dict[int, int]) -> None:
-        if buckets:
-            mine = self._plain
-            for k, n in buckets.items():
-                mine[k] = mine.get(k, 0) + n
 
     def same_scheme(self, other: HistogramValue) -> bool:
         """Return whether ``other`` has the same buckets, so they can merge."""
@@ -195,12 +184,10 @@ class HistogramValue:
 
     def copy(self) -> HistogramValue:
         """Return an independent copy."""
-        hist = HistogramValue(
-            self.lo, self.gamma, self.integer, self._count, self.sum, dict(self._plain)
-        )
+        packed, parts, plain = self._state
+        hist = HistogramValue(self.lo, self.gamma, self.integer, self._count, self.sum)
         hist.nbuckets = self.nbuckets
-        hist._packed = self._packed
-        hist._parts = self._parts
+        hist._state = (packed, parts, dict(plain))
         return hist
 
     def __eq__(self, other: object) -> bool:
@@ -252,13 +239,14 @@ class HistogramValue:
 
     def _counts(self) -> tuple[list[int] | range, list[int]]:
         """Return bucket indexes, ascending, and their counts."""
-        if self._parts and not self._plain:
-            packed = self._packed
+        packed, parts, plain = self._state
+        if parts and not plain:
             raw = packed.to_bytes((packed.bit_length() + 63) // 64 * 8, F.NATIVE_ORDER)
             counts = memoryview(raw).cast("q").tolist()
             return range(len(counts)), counts
-        keys = sorted(self.buckets)
-        return keys, [self.buckets[k] for k in keys]
+        buckets = self.buckets
+        keys = sorted(buckets)
+        return keys, [buckets[k] for k in keys]
 
     def cumulative(self) -> list[int]:
         """Return the cumulative count at every bucket, up to the last non-empty one."""

@@ -256,7 +256,7 @@ def _entry_json(e: SlowEntry) -> str:
     )
 
 
-_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring_ascii
 
 
 def _number(value: float) -> str:

@@ -266,3 +266,47 @@ def test_slow_entries_are_written_as_json_writes_them(value: float) -> None:
         value, 2.5, value, 12, value, -(2**40), value,
     )  # fmt: skip
     assert _entry_json(entry) == _encode(entry.to_json())
+
+
+def test_a_shared_histogram_reads_the_same_from_many_threads() -> None:
+    """Dead workers' values are shared by the threads of serve; unpacking one
+    in a thread must never double or lose buckets seen from another."""
+    import threading
+
+    counts = {k: k + 1 for k in range(0, 64, 3)}
+    want = HistogramValue(1e-6, F.GAMMA, False, None, 0.0, dict(counts), 64)
+    errors: list[str] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(30):
+            shared = HistogramValue.from_words(META, _words(counts, 64), 0.0)
+            start = threading.Barrier(6)
+
+            def use(
+                which: int,
+                shared: HistogramValue = shared,
+                start: threading.Barrier = start,
+            ) -> None:
+                start.wait()
+                for _ in range(20):
+                    if which % 3 == 0:
+                        got = dict(shared.buckets)
+                    elif which % 3 == 1:
+                        total = HistogramValue(1e-6, F.GAMMA, False, nbuckets=64)
+                        total.merge(shared)
+                        got = total.buckets
+                    else:
+                        got = dict(shared.copy().buckets)
+                    if got != counts:
+                        errors.append(f"{which}: {got}")
+
+            threads = [threading.Thread(target=use, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert shared == want
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
