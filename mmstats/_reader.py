@@ -51,6 +51,10 @@ def text(data: bytes) -> str:
 # per bucket, and fewer than 2**15 histograms added, never carry into the
 # next digit; past that the buckets are kept as a dict.
 _PACKED_MAX_PARTS = 1 << 15
+# 2**64 == 1 modulo 2**64 - 1: a packed integer and the sum of its digits
+# have the same remainder; exact while that sum stays below the modulus.
+_DIGIT_MODULUS = (1 << 64) - 1
+_DIGIT_SUM_MAX = 1 << 16  # buckets times parts, each digit below 2**48
 _HIGH_BYTES = (6, 7) if F.NATIVE_ORDER == "little" else (0, 1)
 
 
@@ -151,7 +155,13 @@ class HistogramValue:
     def count(self) -> int:
         """How many values were observed."""
         if self._count is None:
-            self._count = sum(self.buckets.values())
+            packed, parts, plain = self._state
+            if parts and not plain and parts * max(self.nbuckets, 1) < _DIGIT_SUM_MAX:
+                # The digits (each below parts * 2**48) add up to less than
+                # 2**64 - 1, so the remainder by it is their sum.
+                self._count = packed % _DIGIT_MODULUS
+            else:
+                self._count = sum(self.buckets.values())
         return self._count
 
     @count.setter

@@ -310,3 +310,14 @@ def test_a_shared_histogram_reads_the_same_from_many_threads() -> None:
     finally:
         sys.setswitchinterval(old)
     assert errors == []
+
+
+def test_the_count_of_packed_buckets_is_their_sum() -> None:
+    rng = random.Random(11)
+    for _ in range(100):
+        counts = {rng.randrange(64): rng.randrange(1, 2**47) for _ in range(9)}
+        hist = HistogramValue.from_words(META, _words(counts, 64), 0.0)
+        for _ in range(rng.randrange(5)):
+            hist.merge(HistogramValue.from_words(META, _words(counts, 64), 0.0))
+        expected = sum(hist.copy().buckets.values())
+        assert hist.count == expected
