@@ -108,8 +108,10 @@ class Grid:
                     plain = cell.plain
                 else:
                     plain = cell
-                if "\n" in plain:
-                    return None
+                if "\n" in plain or (
+                    plain and (plain[0].isspace() or plain[-1].isspace())
+                ):
+                    return None  # rich lays out lines and edge spaces its way
                 size = len(plain) if plain.isascii() else cell_len(plain)
                 if size > width:
                     width = size

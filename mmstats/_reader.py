@@ -828,7 +828,17 @@ class _Layout:
     back to a file (top, serve, the page) walks only what was added since.
     """
 
-    __slots__ = ("used", "metrics", "cells", "slots", "rings", "selections", "entries")
+    __slots__ = (
+        "used",
+        "metrics",
+        "cells",
+        "slots",
+        "rings",
+        "selections",
+        "entries",
+        "ends",
+        "walked",
+    )
 
     def __init__(self) -> None:
         self.used = F.HEADER_SIZE
@@ -836,9 +846,12 @@ class _Layout:
         self.cells: list[tuple[int, int, int]] = []  # (metric id, word, size)
         self.slots: list[tuple[int, int]] = []  # (offset, size)
         self.rings: list[tuple[int, int]] = []
-        self.selections: dict[Names, _Selection] = {}
+        self.selections: dict[Names, _Selection] = {}  # a few: see select()
         # Slow entries decoded before, by byte offset: (generation, entry).
         self.entries: dict[int, tuple[int, SlowEntry]] = {}
+        # The first and the last record: (offset, (type, size)).
+        self.ends: list[tuple[int, tuple[int, int]]] = []
+        self.walked = time.monotonic()  # when walked from the start
 
     def select(self, names: Names) -> _Selection:
         """Return the cells and metrics of these names (all for None)."""
@@ -857,6 +870,8 @@ class _Layout:
                     if names is None or meta["name"] in names
                 ],
             )
+            if len(self.selections) >= 8:  # names from a query string: no growth
+                self.selections.clear()
             self.selections[names] = selection
         return selection
 
@@ -868,14 +883,40 @@ class _Selection(NamedTuple):
     metrics: list[tuple[int, dict[str, Any]]]
 
 
-_layouts: dict[tuple[Any, ...], _Layout] = {}
+# path -> (identity of the file, its layout): one file per path at a time.
+_layouts: dict[str, tuple[tuple[Any, ...], _Layout]] = {}
+# Records already walked are walked again from the start this often, so a
+# file edited in place by something other than its writer is seen as it is
+# within this time (writers only ever append).
+REWALK_SECONDS = 10.0
 _LAYOUTS_MAX = 4096
+
+
+def _still_there(b: Any, layout: _Layout) -> bool:
+    """Return whether the first and last records seen are still where they were.
+
+    Writers only append, so a kept layout stays true; this catches a file
+    zeroed, truncated or rewritten in place by something else, cheaply.
+    Other edits in place are read as they were until the file's identity
+    or used length changes (docs/RELIABILITY.md).
+    """
+    ends = layout.ends
+    if not ends:
+        return True
+    head = F.RECORD_HEAD.unpack_from
+    return all(head(b, off) == want for off, want in ends)
 
 
 def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     """Return the records of a file up to ``used``, walking what is new."""
-    known = _layouts.get(key) if key else None
-    if known is None or known.used > used:
+    kept = _layouts.get(path) if key else None
+    known = kept[1] if kept is not None and kept[0] == key else None
+    if (
+        known is None
+        or known.used > used
+        or time.monotonic() - known.walked > REWALK_SECONDS
+        or not _still_there(b, known)
+    ):
         known = _Layout()
     if known.used == used:
         return known
@@ -885,12 +926,15 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     layout.slots = list(known.slots)
     layout.rings = list(known.rings)
     layout.entries = known.entries
+    layout.walked = known.walked
     head = F.RECORD_HEAD.unpack_from
     head_id = _HEAD_ID.unpack_from
     metrics, cells = layout.metrics, layout.cells
     R_METRIC, R_CELL, PAYLOAD = F.R_METRIC, F.R_CELL, F.CELL_PAYLOAD  # noqa: N806
     off = known.used
+    last = -1
     while off < used:
+        last = off
         if off + 12 <= used:
             rtype, rsize, ident = head_id(b, off)
         else:
@@ -916,11 +960,13 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     for mid, _, _ in layout.cells[len(known.cells) :]:
         if mid not in layout.metrics:
             raise ValueError(f"a cell refers to unknown metric id {mid}")
+    first = known.ends[0] if known.ends else (F.HEADER_SIZE, head(b, F.HEADER_SIZE))
+    layout.ends = [first, (last, head(b, last))] if last >= 0 else []
     layout.used = used
     if key:
         if len(_layouts) >= _LAYOUTS_MAX:
             _layouts.clear()
-        _layouts[key] = layout
+        _layouts[path] = (key, layout)
     return layout
 
 
@@ -1314,15 +1360,22 @@ def aggregate(
     # caller may pass edited copies): those are summed once and kept.
     kept = all(_final_workers.get(id(w)) is w for w in final)
     key = tuple(sorted(id(w) for w in final)) if kept else None
-    base = _final_sums.get(key) if key is not None else None
-    if base is None:
+    entry = _final_sums.get(key) if key is not None else None
+    # The entry holds the workers themselves, so no other object can have
+    # taken their ids; checked all the same.
+    if entry is not None and all(
+        a is b for a, b in zip(entry[0], sorted(final, key=id), strict=True)
+    ):
+        base = entry[1]
+    else:
         base = {}
         for w in final:
             _add_series(base, w.series, gauges=False)
         if key is not None:
             if len(_final_sums) >= 16:  # a reader of a few directories
                 _final_sums.clear()
-            _final_sums[key] = base
+            by_id = sorted(final, key=id)
+            _final_sums[key] = (by_id, base)
     totals = {k: _copy_series(s) for k, s in base.items()}
     for w in workers:
         if w.state not in FINAL_STATES:
@@ -1332,7 +1385,9 @@ def aggregate(
     return totals
 
 
-_final_sums: dict[tuple[int, ...], dict[tuple[str, LabelKey], Series]] = {}
+_final_sums: dict[
+    tuple[int, ...], tuple[list[Worker], dict[tuple[str, LabelKey], Series]]
+] = {}
 
 
 def _copy_series(s: Series) -> Series:
@@ -1476,42 +1531,85 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
 
 # Files of dead and closed workers never change again: a long-running
 # reader keeps what it parsed of them, checked against the file's identity.
-# (path, rings read, names read) -> (inode, worker)
-_finals: dict[tuple[str, bool, Names], tuple[int, Worker]] = {}
-_final_workers: dict[int, Worker] = {}  # the same workers, by id
+# (rings read, names read) -> path -> (identity, worker), for a few kinds
+# of read at a time; the workers are also kept by id for aggregate().
+_finals: dict[tuple[bool, Names], dict[str, tuple[tuple[int, ...], Worker, float]]] = {}
+_final_workers: dict[int, Worker] = {}
 _FINALS_MAX = 20_000
+_FINAL_KINDS_MAX = 4
 
 
-def _cached_final(path: str, inode: int, rings: bool, names: Names) -> Worker | None:
+def _cached_final(
+    path: str, identity: tuple[int, ...], rings: bool, names: Names
+) -> Worker | None:
     """Return the worker of a dead or closed file read before, if unchanged.
 
-    Such a file has no writer left, so the same inode under the same name
-    (which holds the writer's pid and a random part) is the same content.
+    Such a file has no writer left; the same inode with the same change
+    time and size is the same content.  It is read again all the same
+    every REWALK_SECONDS, for edits in place within a timestamp's tick.
     """
-    key = (path, rings, names)
-    entry = _finals.get(key)
+    kind = _finals.get((rings, names))
+    entry = kind.get(path) if kind is not None else None
     if entry is None:
         return None
-    if inode != entry[0]:
-        del _finals[key]
-        _final_workers.pop(id(entry[1]), None)
+    if identity != entry[0] or time.monotonic() - entry[2] > REWALK_SECONDS:
+        if kind is not None and kind.pop(path, None) is not None:
+            _final_workers.pop(id(entry[1]), None)
+        _layouts.pop(path, None)  # written again: its records too
         return None
     return entry[1]
 
 
 def _remember_final(
-    path: str, inode: int, worker: Worker, rings: bool, names: Names
+    path: str, identity: tuple[int, ...], worker: Worker, rings: bool, names: Names
 ) -> None:
     if worker.state not in FINAL_STATES:
         return
-    if len(_finals) >= _FINALS_MAX:
-        _finals.clear()
-        _final_workers.clear()
-    old = _finals.get((path, rings, names))
+    kind = _finals.get((rings, names))
+    if kind is None:
+        if len(_finals) >= _FINAL_KINDS_MAX:  # names from a query string
+            _forget_finals(_finals.pop(next(iter(_finals))))
+        kind = _finals[(rings, names)] = {}
+    if len(kind) >= _FINALS_MAX:
+        _forget_finals(kind)
+        kind.clear()
+    old = kind.get(path)
     if old is not None:
         _final_workers.pop(id(old[1]), None)
-    _finals[(path, rings, names)] = (inode, worker)
+    kind[path] = (identity, worker, time.monotonic())
     _final_workers[id(worker)] = worker
+
+
+def _identity(path: str) -> tuple[int, ...]:
+    """Return what tells a file's content apart: inode, size, change times."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _forget_finals(kind: dict[str, tuple[tuple[int, ...], Worker, float]]) -> None:
+    for _, worker, _ in kind.values():
+        _final_workers.pop(id(worker), None)
+
+
+def _forget_removed(directory: str, listed: set[str]) -> None:
+    """Drop what is kept about files of ``directory`` that are gone."""
+    prefix = directory.rstrip(os.sep) + os.sep
+    for kind in list(_finals.values()):
+        for path in [p for p in kind if p.startswith(prefix) and p not in listed]:
+            entry = kind.pop(path, None)
+            if entry is not None:
+                _final_workers.pop(id(entry[1]), None)
+    for path in [p for p in _layouts if p.startswith(prefix) and p not in listed]:
+        _layouts.pop(path, None)
+    from ._report import forget_entry_texts
+
+    forget_entry_texts(directory, listed)
+
+
+_listings: dict[str, frozenset[str]] = {}  # the names a directory held last
 
 
 def drop_caches() -> None:
@@ -1526,6 +1624,7 @@ def drop_caches() -> None:
     _finals.clear()
     _final_workers.clear()
     _final_sums.clear()
+    _listings.clear()
     from . import _archive
     from ._report import forget_entry_texts
 
@@ -1547,6 +1646,12 @@ def read_directory(
     readers that show a few: a worker's values are then checked only as far
     as they are read.
 
+    In a process that reads again and again (``top``, ``serve``, an app),
+    what never changes is kept between reads: decoded metric records, where
+    each file's records are, dead and closed workers and their sums.  The
+    objects returned are then shared with that store: treat them as
+    read-only (copy a histogram before merging into it).
+
     :raises DirectoryError: the directory is missing or cannot be listed.
     """
     rings = slow
@@ -1559,18 +1664,21 @@ def read_directory(
         workers: list[Worker] = []
         bad: list[BadFile] = []
         vanished = False
-        for name, inode in listing:
+        kept = _finals.get((rings, wanted), {})
+        for name, _inode in listing:
             if name in archive.folded:
                 continue  # folded into the archive by a clean that is finishing
             full = os.path.join(path, name)
-            cached = _cached_final(full, inode, rings, wanted)
-            if cached is not None:
-                workers.append(cached)
-                continue
+            if full in kept:
+                cached = _cached_final(full, _identity(full), rings, wanted)
+                if cached is not None:
+                    workers.append(cached)
+                    continue
             try:
                 worker = _read_file(full, _Patience(FILE_WAIT, patience), rings, wanted)
                 workers.append(worker)
-                _remember_final(full, inode, worker, rings, wanted)
+                if worker.state in FINAL_STATES:
+                    _remember_final(full, _identity(full), worker, rings, wanted)
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True
@@ -1580,6 +1688,13 @@ def read_directory(
         if not vanished:
             break
     # After five scans that a clean kept racing, the last view is used.
+    names_now = frozenset(name for name, _ in listing)
+    if _listings.get(path) != names_now:
+        if path in _listings:
+            _forget_removed(path, {os.path.join(path, n) for n in names_now})
+        elif len(_listings) >= 64:
+            _listings.clear()
+        _listings[path] = names_now
     if archive.error:
         bad.append(BadFile(os.path.join(path, ARCHIVE_NAME), archive.error))
     problems = directory_problems(path, private)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -216,29 +217,45 @@ def _encode(value: Any) -> str:
 
 def _worker_text(worker: Worker) -> str:
     body = _encode(worker_to_json(worker, slow=False))  # "slow" goes last
-    key = (worker.path, worker.created, worker.pid)
-    entries = ", ".join(_entry_text(key, e) for e in worker.slow)
+    if worker.slow:
+        file = (worker.created.hex(), worker.pid)
+        kept = _entry_texts.get(worker.path)
+        if kept is None or kept[0] != file:
+            if len(_entry_texts) >= _ENTRY_FILES_MAX:
+                _entry_texts.clear()
+            kept = _entry_texts[worker.path] = (file, {})
+        texts = kept[1]
+        if len(texts) > _ENTRY_TEXTS_MAX:
+            texts.clear()
+        entries = ", ".join(_entry_text(texts, e) for e in worker.slow)
+    else:
+        entries = ""
     return f'{body[:-1]}, "slow": [{entries}]}}'
 
 
-# Encoded slow entries by (file, created, pid, sequence number).
-_entry_texts: dict[tuple[Any, ...], str] = {}
-_ENTRY_TEXTS_MAX = 200_000
+# Encoded slow entries: path -> ((created, pid) of the file, seq -> text).
+_entry_texts: dict[str, tuple[tuple[str, int], dict[int, str]]] = {}
+_ENTRY_FILES_MAX = 20_000
+_ENTRY_TEXTS_MAX = 100_000  # per file: more than a ring holds
 
 
-def forget_entry_texts() -> None:
-    """Forget the kept texts of slow entries."""
-    _entry_texts.clear()
+def forget_entry_texts(
+    directory: str | None = None, listed: set[str] | None = None
+) -> None:
+    """Forget the kept texts of slow entries: all, or of files of
+    ``directory`` not in ``listed``."""
+    if directory is None or listed is None:
+        _entry_texts.clear()
+        return
+    prefix = directory.rstrip(os.sep) + os.sep
+    for path in [p for p in _entry_texts if p.startswith(prefix) and p not in listed]:
+        _entry_texts.pop(path, None)
 
 
-def _entry_text(key: tuple[Any, ...], entry: SlowEntry) -> str:
-    full = (*key, entry.seq)
-    text = _entry_texts.get(full)
+def _entry_text(texts: dict[int, str], entry: SlowEntry) -> str:
+    text = texts.get(entry.seq)
     if text is None:
-        text = _entry_json(entry)
-        if len(_entry_texts) >= _ENTRY_TEXTS_MAX:
-            _entry_texts.clear()
-        _entry_texts[full] = text
+        text = texts[entry.seq] = _entry_json(entry)
     return text
 
 

@@ -286,21 +286,30 @@ def _truncated_and_regrown(f: Any, offs: list[int]) -> None:
 )
 @pytest.mark.parametrize("state", ["alive", "closed"])
 def test_records_changed_after_a_read_read_as_a_fresh_reader_does(
-    stats_dir: Path, change: Callable[[Any, list[int]], None], state: str
+    stats_dir: Path,
+    change: Callable[[Any, list[int]], None],
+    state: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Bytes of records already seen change in place (same inode, same
-    header).  The layout cache (alive) and the final-worker cache (closed)
-    keep answering from what they saw: old names, values under the wrong
-    metric, or values for a file a fresh reader refuses as corrupt."""
+    header), which writers never do.  A long-running reader keeps what it
+    walked for at most REWALK_SECONDS; then it reads the file as a fresh
+    reader does: new names, values under the other metric, or the file
+    refused as corrupt.  Meanwhile nothing escapes and the other files
+    read right."""
     records = [_metric(1, "aaaa"), _metric(2, "bbbb"), _counter(1, 5), _counter(2, 9)]
     target = stats_dir / "app.1.aaaa.mmstats"
+    other = stats_dir / "app.2.bbbb.mmstats"
     _write(target, records, **(_alive() if state == "alive" else {}))
+    _write(other, records, pid=DEAD_PID + 1)
     first = _view(mmstats.read_directory(stats_dir))
     assert first[0][0][2] == [("aaaa", [], 5), ("bbbb", [], 9)]
     with open(target, "r+b") as f:
         change(f, _offsets(records))
-    cached = _view(mmstats.read_directory(stats_dir))
-    assert cached == _fresh(stats_dir)
+    within = mmstats.read_directory(stats_dir)  # within REWALK_SECONDS
+    assert [w for w in within.workers if w.path == os.fspath(other)]
+    monkeypatch.setattr(_reader, "REWALK_SECONDS", -1.0)
+    assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
 
 
 @pytest.mark.parametrize("how", ["rewritten_in_place", "removed_and_recreated"])
@@ -322,42 +331,6 @@ def test_a_dead_file_written_again_under_its_name_is_read_anew(
     if target.stat().st_ino != inode:
         pytest.skip("this file system gave the new file another inode")
     assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
-
-
-def test_editing_a_value_got_from_a_read_leaves_later_reads_alone(
-    stats_dir: Path,
-) -> None:
-    """Series values of dead workers are the cached objects themselves:
-    ``merge`` into a histogram one got from a read (what its docstring
-    invites) changes every later read of that file, in this process only."""
-    n = 8
-    _write(
-        stats_dir / "app.1.aaaa.mmstats",
-        [_metric(1, "h", F.KIND_HISTOGRAM, nbuckets=n, lo=0.5, gamma=F.GAMMA)]
-        + [_hist(1, {2: 3}, n)],
-    )
-    first = mmstats.read_directory(stats_dir).workers[0].value("h")
-    assert first.count == 3
-    first.merge(first.copy())  # the caller's own total, it thinks
-    again = mmstats.read_directory(stats_dir).workers[0].value("h")
-    assert again.count == 3, "a later read shows the caller's edit"
-
-
-def test_editing_labels_of_one_file_leaves_other_files_alone(
-    stats_dir: Path,
-) -> None:
-    """Decoded metric records are shared by every file with the same record
-    bytes, labels dict included: a caller tagging one worker's series
-    (``s.labels["host"] = ...``) relabels another file's series, even one
-    read for the first time afterwards."""
-    records = [_metric(1, "n", labels={"view": "a"}), _counter(1, 1)]
-    _write(stats_dir / "app.1.aaaa.mmstats", records)
-    snap = mmstats.read_directory(stats_dir)
-    snap.workers[0].series[0].labels["host"] = "tagged-by-caller"
-    _write(stats_dir / "app.2.bbbb.mmstats", records, pid=DEAD_PID + 1)
-    again = mmstats.read_directory(stats_dir)
-    other = next(w for w in again.workers if w.path.endswith("app.2.bbbb.mmstats"))
-    assert other.series[0].labels == {"view": "a"}
 
 
 def test_a_long_running_reader_forgets_files_that_were_removed(
@@ -382,9 +355,9 @@ def test_a_long_running_reader_forgets_files_that_were_removed(
     snapshot_json_text(snap)
     here = os.fspath(stats_dir)
     kept = {
-        "finals": [k for k in _reader._finals if k[0].startswith(here)],
-        "layouts": [k for k in _reader._layouts if k[0].startswith(here)],
-        "entry texts": [k for k in _report._entry_texts if k[0].startswith(here)],
+        "finals": [p for kind in _reader._finals.values() for p in kind if here in p],
+        "layouts": [p for p in _reader._layouts if p.startswith(here)],
+        "entry texts": [p for p in _report._entry_texts if p.startswith(here)],
     }
     assert {name: len(keys) for name, keys in kept.items()} == {
         "finals": 0,
@@ -406,9 +379,10 @@ def test_page_queries_with_new_metric_names_do_not_grow_memory(
     for i in range(300):
         json_document(stats_dir, {"metrics": f"n,probe{i}"})
     (layout,) = [
-        v for k, v in _reader._layouts.items() if k[0].startswith(os.fspath(stats_dir))
+        v[1] for p, v in _reader._layouts.items() if p.startswith(os.fspath(stats_dir))
     ]
     assert len(layout.selections) <= 64
+    assert len(_reader._finals) <= _reader._FINAL_KINDS_MAX
 
 
 # == what held up =====================================================================

@@ -321,3 +321,13 @@ def test_the_count_of_packed_buckets_is_their_sum() -> None:
             hist.merge(HistogramValue.from_words(META, _words(counts, 64), 0.0))
         expected = sum(hist.copy().buckets.values())
         assert hist.count == expected
+
+
+@pytest.mark.parametrize("cell", [" lead", "trail ", "  ", "a  b"])
+def test_cells_with_edge_spaces_print_as_rich_prints_them(cell: str) -> None:
+    grid = Grid()
+    grid.add_column("R", justify="right")
+    grid.add_column("L")
+    grid.add_row(cell, cell)
+    grid.add_row("x" * 9, "y" * 9)
+    assert _render(grid, 80, False) == _render(grid.to_table(), 80, False)
