@@ -23,6 +23,10 @@ from . import conf, instrument
 log = logging.getLogger("mmstats.django")
 
 _recorders: dict[tuple[Any, ...], RequestRecorder] = {}
+# View names by view function: a URLconf hands out the same few functions
+# again and again.  Bounded, for views made on the fly.
+_view_names: dict[Any, str] = {}
+_VIEW_NAMES_MAX = 1000
 
 
 def get_recorder(config: conf.Config) -> RequestRecorder:
@@ -60,12 +64,27 @@ def view_name(view_func: Any) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+def _known_view_name(view_func: Any) -> str:
+    """Return :func:`view_name` of ``view_func``, kept for the next request."""
+    try:
+        return _view_names[view_func]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable view: named each time
+        return view_name(view_func)
+
+    name = view_name(view_func)
+    if len(_view_names) < _VIEW_NAMES_MAX:
+        _view_names[view_func] = name
+    return name
+
+
 def _name_view(request: HttpRequest, view_func: Any) -> None:
     recorded = getattr(request, "_mmstats", None)
     if recorded is None:
         return
     try:
-        recorded.set_view(view_name(view_func))
+        recorded.set_view(_known_view_name(view_func))
     except Exception:
         log.exception("mmstats could not name a view")
 
