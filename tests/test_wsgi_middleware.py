@@ -325,6 +325,21 @@ class TestSlots:
 
 
 class TestStreaming:
+    def test_list_body_goes_to_the_server_unwrapped_and_ends_on_close(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """The server iterates a list body itself; close() still ends the request."""
+        result = record(hello)(make_environ("/listed"), Server().start_response)
+        chunks = iter(result)
+        assert type(chunks) is type(iter([]))
+        assert list(chunks) == [b"hello"]
+        assert [s.path for s in this_worker(stats_dir).slots] == ["/listed"]
+
+        result.close()  # type: ignore[attr-defined]
+        worker = this_worker(stats_dir)
+        assert worker.slots == []
+        assert [(e.path, e.status) for e in worker.slow] == [("/listed", 200)]
+
     def test_streamed_body_is_timed_and_counted_to_its_end(
         self, record: Callable[..., StatsMiddleware], stats_dir: Path
     ) -> None:
