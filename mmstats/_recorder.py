@@ -41,7 +41,6 @@ _ORDER = F.NATIVE_ORDER
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
 _wall = time.time
-_get_ident = threading.get_ident
 _HEARTBEAT = F.H_HEARTBEAT // 8
 # A view's name as a string field, its request counter and its time histogram.
 _ViewSeries = tuple[bytes, CounterSeries, HistogramSeries]
@@ -316,6 +315,9 @@ class RequestRecorder:
         self._rss_at = -math.inf
         self._load = 0.0
         self._load_at = -math.inf
+        # Whether the gauges show the last readings: they are set when a
+        # request finishes, so a reading costs no gauge write until then.
+        self._rss_shown = self._load_shown = False
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     # -- cheap readings -------------------------------------------------------
@@ -338,24 +340,19 @@ class RequestRecorder:
     def load(self, now: float) -> float:
         """Return the 1-minute load average, read at most once a second."""
         if now - self._load_at >= LOAD_SECONDS:
-            self._read_load(now)
+            self._load_at = now
+            try:
+                self._load = os.getloadavg()[0]
+            except OSError:
+                pass
+            self._load_shown = False
         return self._load
 
-    def _read_load(self, now: float) -> None:
-        """Read the load average now, into the load gauge too."""
-        self._load_at = now
-        try:
-            self._load = os.getloadavg()[0]
-        except OSError:
-            pass
-        self.load1.set(self._load)
-
-    def _read_rss(self, now: float) -> int:
-        """Read resident memory now, into the memory gauge too."""
+    def _read_rss(self, now: float) -> None:
+        """Read resident memory now; the next finish shows it in the gauge."""
         self._rss_at = now
-        rss = self._rss = self.rss()
-        self.memory.set(rss)
-        return rss
+        self._rss = self.rss()
+        self._rss_shown = False
 
     # -- slots and ring --------------------------------------------------------
 
@@ -420,9 +417,7 @@ class RequestRecorder:
             if now - self._rss_at >= RSS_SECONDS:
                 self._read_rss(now)
             request.rss_start = self._rss
-            if now - self._load_at >= LOAD_SECONDS:
-                self._read_load(now)
-            request.load_start = self._load
+            request.load_start = self.load(now)
 
             slot = request._slot = self._take_slot()
             q, w = slot.q, slot.word
@@ -431,7 +426,7 @@ class RequestRecorder:
             view_at = strings + _VIEW_OFFSET
             q[w + F.S_SEQ] += 1
             slot.d[w + F.S_STARTED] = wall
-            q[w + F.S_THREAD] = _get_ident()
+            q[w + F.S_THREAD] = threading.get_ident()
             q[w + F.S_QUERIES] = 0
             slot.d[w + F.S_DB_SECONDS] = 0.0
             b = slot.b
@@ -524,13 +519,19 @@ class RequestRecorder:
         header = writer.header
         if header is not None:
             header.d[_HEARTBEAT] = wall_end  # the time of the last request
-        if end - self._load_at >= LOAD_SECONDS:
-            self._read_load(end)
-        if duration >= self.slow_seconds:
-            # Read now: the entry's memory delta ends at the request's end.
-            self._write_slow(request, wall_end, duration, self._read_rss(end))
-        elif end - self._rss_at >= RSS_SECONDS:
+        slow = duration >= self.slow_seconds
+        # A slow request reads memory now: its entry's delta ends at its end.
+        if slow or end - self._rss_at >= RSS_SECONDS:
             self._read_rss(end)
+        load = self.load(end)
+        if not self._rss_shown:
+            self._rss_shown = True
+            self.memory.set(self._rss)
+        if not self._load_shown:
+            self._load_shown = True
+            self.load1.set(load)
+        if slow:
+            self._write_slow(request, wall_end, duration, self._rss, load)
         if end >= writer.next_check:
             writer.check(end)  # a stat every few seconds
 
@@ -561,7 +562,7 @@ class RequestRecorder:
         return series
 
     def _write_slow(
-        self, request: Request, end: float, duration: float, rss: int
+        self, request: Request, end: float, duration: float, rss: int, load: float
     ) -> None:
         ring = self._ring_cell()
         index = next(self._ring_counter)
@@ -580,7 +581,7 @@ class RequestRecorder:
         q[w + F.E_MEMORY_DELTA] = (
             rss - request.rss_start if rss and request.rss_start else 0
         )
-        d[w + F.E_LOAD_DELTA] = self._load - request.load_start
+        d[w + F.E_LOAD_DELTA] = load - request.load_start
         path = strings + F.METHOD_SIZE
         view = strings + _VIEW_OFFSET
         b[strings:path] = request.method_field
