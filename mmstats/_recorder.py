@@ -37,6 +37,9 @@ LOAD_SECONDS = 1.0
 _VIEW_CACHE_MAX = 1000
 _METHOD_CACHE_MAX = 64
 _ORDER = F.NATIVE_ORDER
+# The u16 length that starts a string field, for every length a field holds.
+_LENGTHS = [n.to_bytes(2, _ORDER) for n in range(F.PATH_SIZE)]
+_QUESTION_MARK = ord("?")
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
@@ -77,23 +80,23 @@ def _field(data: bytes, size: int) -> bytes:
     """
     if len(data) > size - 2:
         data = F.cut_utf8(data, size - 2)
-    return len(data).to_bytes(2, _ORDER) + data
+    return _LENGTHS[len(data)] + data
 
 
 def _path_field(path: str | bytes) -> bytes:
     """Return the path's string field, without a query string: it may hold secrets."""
     if isinstance(path, str):
         try:
-            data = path.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
+            data = path.encode()
+        except UnicodeEncodeError:  # surrogates, as from WSGI's latin-1 paths
             data = F.encode(path)
     else:
         data = path
-    if b"?" in data:
+    if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
         data = data.partition(b"?")[0]
     if len(data) > F.PATH_SIZE - 2:
         data = F.cut_utf8(data, F.PATH_SIZE - 2)
-    return len(data).to_bytes(2, _ORDER) + data
+    return _LENGTHS[len(data)] + data
 
 
 def _field_value(field: bytes) -> bytes:
@@ -227,7 +230,9 @@ class Request:
             return
         recorder = self._recorder
         self.view = view
-        field = self.view_field = recorder._view_field(view)
+        known = recorder._views.get(view)
+        field = known[0] if known is not None else _field(_encode(view), F.VIEW_SIZE)
+        self.view_field = field
         slot = self._slot
         if slot is not None and slot.generation == recorder._writer.generation:
             q, w = slot.q, slot.word
@@ -356,16 +361,9 @@ class RequestRecorder:
 
     # -- slots and ring --------------------------------------------------------
 
-    def _take_slot(self) -> Cell:
+    def _new_slot(self) -> Cell:
+        """Allocate one more slot; a finished request's slot is reused first."""
         writer = self._writer
-        try:
-            slot = self._free_slots.pop()
-            # A finish racing a switch to a new file can hand back a slot
-            # of the old file: it is left behind.
-            if slot.generation == writer.generation:
-                return slot
-        except IndexError:
-            pass
         with writer.lock:
             index = self._slot_count
             self._slot_count += 1
@@ -417,9 +415,19 @@ class RequestRecorder:
             if now - self._rss_at >= RSS_SECONDS:
                 self._read_rss(now)
             request.rss_start = self._rss
-            request.load_start = self.load(now)
+            if now - self._load_at >= LOAD_SECONDS:
+                self.load(now)
+            request.load_start = self._load
 
-            slot = request._slot = self._take_slot()
+            try:
+                slot = self._free_slots.pop()
+            except IndexError:
+                slot = None
+            # A finish racing a switch to a new file can hand back a slot of
+            # the old file: it is left behind.
+            if slot is None or slot.generation != self._writer.generation:
+                slot = self._new_slot()
+            request._slot = slot
             q, w = slot.q, slot.word
             strings = (w + F.S_STRINGS) * 8
             path_at = strings + F.METHOD_SIZE
@@ -458,82 +466,81 @@ class RequestRecorder:
             return
         request.finished = True
         try:
-            self._finish(request, status, exception)
+            end = _perf()
+            duration = end - request.started
+            request.status = status
+            # A request started before a fork or a new file belongs to the
+            # old file: its slot and in-flight count are not touched in the
+            # new one.
+            writer = self._writer
+            generation = writer.generation
+            token = request._token
+            if token is not None:
+                # The token is set last in start: only then is it in flight.
+                request._token = None
+                if request._generation == generation:
+                    self.in_flight.decr()
+                if _current.get() is request:
+                    try:
+                        _current.reset(token)
+                    except ValueError:
+                        _current.set(None)  # finished in a copy of its context
+
+            slot = request._slot
+            if slot is not None:
+                request._slot = None
+                if slot.generation == generation:
+                    slot.q[slot.word + F.S_STATE] = 0
+                    self._free_slots.append(slot)
+            if request.ignored:
+                return
+
+            self.requests.incr()
+            if 100 <= status < 600:
+                responses = self._by_hundreds[status // 100]
+                if responses is not None:
+                    responses.incr()
+            if exception is not None:
+                request.exception = exception_name(exception)
+            if request.exception is not None:
+                self.stats.counter(
+                    "exceptions",
+                    "Unhandled exceptions by class",
+                    {"exception": request.exception},
+                ).incr()
+            self.request_seconds.observe(duration)
+            self.db_queries.observe(request.queries)
+            self.db_seconds.observe(request.db_seconds)
+            view = request.view
+            if view:
+                _, count, hist = self._views.get(view) or self._view_series(view)
+                count.incr()
+                hist.observe(duration)
+
+            wall_end = request.wall_started + duration
+            header = writer.header
+            if header is not None:
+                header.d[_HEARTBEAT] = wall_end  # the time of the last request
+            slow = duration >= self.slow_seconds
+            # A slow request reads memory now: its entry's delta ends at its
+            # end.
+            if slow or end - self._rss_at >= RSS_SECONDS:
+                self._read_rss(end)
+            if end - self._load_at >= LOAD_SECONDS:
+                self.load(end)
+            load = self._load
+            if not self._rss_shown:
+                self._rss_shown = True
+                self.memory.set(self._rss)
+            if not self._load_shown:
+                self._load_shown = True
+                self.load1.set(load)
+            if slow:
+                self._write_slow(request, wall_end, duration, self._rss, load)
+            if end >= writer.next_check:
+                writer.check(end)  # a stat every few seconds
         except Exception:
             log.exception("mmstats could not record the end of a request")
-
-    def _finish(
-        self, request: Request, status: int, exception: BaseException | None
-    ) -> None:
-        end = _perf()
-        duration = end - request.started
-        request.status = status
-        # A request started before a fork or a new file belongs to the old
-        # file: its slot and in-flight count are not touched in the new one.
-        writer = self._writer
-        generation = writer.generation
-        token = request._token
-        if token is not None:
-            # The token is set last in start: only then is it in flight.
-            request._token = None
-            if request._generation == generation:
-                self.in_flight.decr()
-            if _current.get() is request:
-                try:
-                    _current.reset(token)
-                except ValueError:
-                    _current.set(None)  # finished in a copy of its context
-
-        slot = request._slot
-        if slot is not None:
-            request._slot = None
-            if slot.generation == generation:
-                slot.q[slot.word + F.S_STATE] = 0
-                self._free_slots.append(slot)
-        if request.ignored:
-            return
-
-        self.requests.incr()
-        if 100 <= status < 600:
-            responses = self._by_hundreds[status // 100]
-            if responses is not None:
-                responses.incr()
-        if exception is not None:
-            request.exception = exception_name(exception)
-        if request.exception is not None:
-            self.stats.counter(
-                "exceptions",
-                "Unhandled exceptions by class",
-                {"exception": request.exception},
-            ).incr()
-        self.request_seconds.observe(duration)
-        self.db_queries.observe(request.queries)
-        self.db_seconds.observe(request.db_seconds)
-        view = request.view
-        if view:
-            _, count, hist = self._views.get(view) or self._view_series(view)
-            count.incr()
-            hist.observe(duration)
-
-        wall_end = request.wall_started + duration
-        header = writer.header
-        if header is not None:
-            header.d[_HEARTBEAT] = wall_end  # the time of the last request
-        slow = duration >= self.slow_seconds
-        # A slow request reads memory now: its entry's delta ends at its end.
-        if slow or end - self._rss_at >= RSS_SECONDS:
-            self._read_rss(end)
-        load = self.load(end)
-        if not self._rss_shown:
-            self._rss_shown = True
-            self.memory.set(self._rss)
-        if not self._load_shown:
-            self._load_shown = True
-            self.load1.set(load)
-        if slow:
-            self._write_slow(request, wall_end, duration, self._rss, load)
-        if end >= writer.next_check:
-            writer.check(end)  # a stat every few seconds
 
     def _view_field(self, view: str) -> bytes:
         """Return the string field of a view's name."""
