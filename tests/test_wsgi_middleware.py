@@ -372,6 +372,29 @@ class TestStreaming:
         assert entry.queries == 3
         assert worker.value("request_seconds").sum >= 0.3
 
+    def test_body_dropped_mid_stream_ends_on_close_with_its_status(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """A server that stops iterating (a client gone) and drops the body
+        records the request once, with the status sent and no exception."""
+
+        def app(
+            environ: Environ, start_response: Callable[..., Any]
+        ) -> Iterator[bytes]:
+            start_response("200 OK", [])
+            yield from [b"a", b"b", b"c"]
+
+        result = record(app)(make_environ("/gone"), Server().start_response)
+        chunks = iter(result)
+        assert next(chunks) == b"a"
+        del chunks  # the body's generator is closed here
+        result.close()  # type: ignore[attr-defined]
+
+        worker = this_worker(stats_dir)
+        assert worker.value("requests") == 1
+        assert worker.value("exceptions") is None
+        assert [(e.path, e.status) for e in worker.slow] == [("/gone", 200)]
+
     def test_wrapped_close_called_exactly_once(
         self, record: Callable[..., StatsMiddleware], stats_dir: Path
     ) -> None:
