@@ -84,7 +84,10 @@ def _field(data: bytes, size: int) -> bytes:
 
 
 def _path_field(path: str | bytes) -> bytes:
-    """Return the path's string field, without a query string: it may hold secrets."""
+    """Return the path's string field, without the query string.
+
+    A query string may hold secrets: it is never stored.
+    """
     if isinstance(path, str):
         try:
             data = path.encode()
@@ -362,7 +365,7 @@ class RequestRecorder:
     # -- slots and ring --------------------------------------------------------
 
     def _new_slot(self) -> Cell:
-        """Allocate one more slot; a finished request's slot is reused first."""
+        """Allocate one more slot; finished requests' slots go first."""
         writer = self._writer
         with writer.lock:
             index = self._slot_count
