@@ -91,7 +91,7 @@ def _path_field(path: str | bytes) -> bytes:
     if isinstance(path, str):
         try:
             data = path.encode()
-        except UnicodeEncodeError:  # surrogates, as from WSGI's latin-1 paths
+        except UnicodeEncodeError:  # lone surrogates: F.encode keeps or escapes them
             data = F.encode(path)
     else:
         data = path
