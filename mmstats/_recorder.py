@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -19,17 +20,33 @@ from typing import Any
 
 from . import _format as F
 from ._stats import CounterSeries, HistogramSeries, Stats
-from ._writer import Cell, put_string
+from ._writer import Cell
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SLOW_SECONDS = 1.0
 DEFAULT_SLOW_LOG_SIZE = 256
+# How often, at most, the resident size is read while requests are fast;
+# a slow request reads it at its end.  A slow entry's memory delta then
+# starts from a reading taken at most this long before the request began,
+# so it can include what the work in that window allocated: 10 ms, 1% of
+# the default slow threshold.
+RSS_SECONDS = 0.01
+# The kernel updates the load average every 5 seconds.
+LOAD_SECONDS = 1.0
 _VIEW_CACHE_MAX = 1000
+_METHOD_CACHE_MAX = 64
+_ORDER = F.NATIVE_ORDER
+# The u16 length that starts a string field, for every length a field holds.
+_LENGTHS = [n.to_bytes(2, _ORDER) for n in range(F.PATH_SIZE)]
+_QUESTION_MARK = ord("?")
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
 _wall = time.time
+_HEARTBEAT = F.H_HEARTBEAT // 8
+# A view's name as a string field, its request counter and its time histogram.
+_ViewSeries = tuple[bytes, CounterSeries, HistogramSeries]
 
 
 def record_query(seconds: float) -> None:
@@ -47,12 +64,6 @@ def current_request() -> Request | None:
     return _current.get()
 
 
-def _path_bytes(path: str | bytes) -> bytes:
-    """Return the path without a query string: it may hold secrets."""
-    data = _encode(path)
-    return data.partition(b"?")[0] if b"?" in data else data
-
-
 def _encode(value: str | bytes | None) -> bytes:
     if value is None:
         return b""
@@ -61,9 +72,58 @@ def _encode(value: str | bytes | None) -> bytes:
     return F.encode(value)
 
 
-def _status_class(status: int) -> str:
-    first = status // 100
-    return f"{first}xx" if 1 <= first <= 5 else "other"
+def _field(data: bytes, size: int) -> bytes:
+    """Return ``data`` as a string field of at most ``size`` bytes.
+
+    The field is a u16 length and the bytes, cut at a character boundary:
+    the layout ``put_string`` writes.
+    """
+    if len(data) > size - 2:
+        data = F.cut_utf8(data, size - 2)
+    return _LENGTHS[len(data)] + data
+
+
+def _path_field(path: str | bytes) -> bytes:
+    """Return the path's string field, without the query string.
+
+    A query string may hold secrets: it is never stored.
+    """
+    if isinstance(path, str):
+        try:
+            data = path.encode()
+        except UnicodeEncodeError:  # lone surrogates: F.encode keeps or escapes them
+            data = F.encode(path)
+    else:
+        data = path
+    if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
+        data = data.partition(b"?")[0]
+    if len(data) > F.PATH_SIZE - 2:
+        data = F.cut_utf8(data, F.PATH_SIZE - 2)
+    return _LENGTHS[len(data)] + data
+
+
+def _field_value(field: bytes) -> bytes:
+    return field[2 : 2 + int.from_bytes(field[:2], _ORDER)]
+
+
+_NO_VIEW = _field(b"", F.VIEW_SIZE)
+# Where the view's field starts among a slot's or an entry's strings.
+_VIEW_OFFSET = F.METHOD_SIZE + F.PATH_SIZE
+_method_fields: dict[str | bytes, bytes] = {}
+
+
+def _method_field(method: str | bytes) -> bytes:
+    """Return the method's string field, padded to the field's size.
+
+    Servers hand over a few methods again and again, so their fields are
+    kept; any method a client makes up is encoded each time.
+    """
+    field = _method_fields.get(method)
+    if field is None:
+        field = _field(_encode(method), F.METHOD_SIZE).ljust(F.METHOD_SIZE, b"\0")
+        if len(_method_fields) < _METHOD_CACHE_MAX:
+            _method_fields[method] = field
+    return field
 
 
 def exception_name(exc: BaseException) -> str:
@@ -75,15 +135,21 @@ def exception_name(exc: BaseException) -> str:
 
 
 class Request:
-    """One request being recorded."""
+    """One request being recorded.
+
+    Method, path and view are kept as the string fields of the stats file
+    (u16 length, then UTF-8 bytes), built once and copied into the slot
+    and the slow ring.
+    """
 
     __slots__ = (
         "_recorder",
         "_slot",
         "_token",
         "_generation",
-        "method",
-        "path",
+        "method_field",
+        "path_field",
+        "view_field",
         "view",
         "started",
         "wall_started",
@@ -97,15 +163,25 @@ class Request:
         "ignored",
     )
 
-    def __init__(self, recorder: RequestRecorder, method: bytes, path: bytes) -> None:
+    def __init__(
+        self,
+        recorder: RequestRecorder,
+        method: str | bytes = b"",
+        path: str | bytes = b"",
+        view: str | None = None,
+    ) -> None:
         self._recorder = recorder
         self._slot: Cell | None = None
         self._token: Token[Request | None] | None = None
         # The file generation whose in-flight gauge counts this request.
         self._generation = -1
-        self.method = method
-        self.path = path
+        self.method_field = _method_fields.get(method) or _method_field(method)
+        self.path_field = _path_field(path)
         self.view: str | None = None
+        self.view_field = _NO_VIEW
+        if view:
+            self.view = view
+            self.view_field = recorder._view_field(view)
         self.started = 0.0
         self.wall_started = 0.0
         self.rss_start = 0
@@ -116,6 +192,16 @@ class Request:
         self.exception: str | None = None
         self.finished = False
         self.ignored = False
+
+    @property
+    def method(self) -> bytes:
+        """The request method, as stored."""
+        return _field_value(self.method_field)
+
+    @property
+    def path(self) -> bytes:
+        """The request path without its query string, as stored."""
+        return _field_value(self.path_field)
 
     def add_query(self, seconds: float) -> None:
         """Count one query of ``seconds``; shown live in the request's slot."""
@@ -145,15 +231,17 @@ class Request:
         """Name the view serving this request, also in its slot."""
         if not view or view == self.view:
             return
+        recorder = self._recorder
         self.view = view
+        known = recorder._views.get(view)
+        field = known[0] if known is not None else _field(_encode(view), F.VIEW_SIZE)
+        self.view_field = field
         slot = self._slot
-        if slot is not None and slot.generation == self._recorder._writer.generation:
-            q, b, w = slot.q, slot.b, slot.word
-            strings = (w + F.S_STRINGS) * 8
+        if slot is not None and slot.generation == recorder._writer.generation:
+            q, w = slot.q, slot.word
+            start = (w + F.S_STRINGS) * 8 + _VIEW_OFFSET
             q[w + F.S_SEQ] += 1
-            put_string(
-                b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(view)
-            )
+            slot.b[start : start + len(field)] = field
             q[w + F.S_SEQ] += 1
 
 
@@ -210,7 +298,9 @@ class RequestRecorder:
         self.db_seconds = stats.histogram("db_seconds", "Database time per request")
         self.memory = stats.gauge("memory_rss_bytes", "Resident memory of the worker")
         self.load1 = stats.gauge("load1", "1-minute load average of the host")
-        self._views: dict[str, tuple[CounterSeries, HistogramSeries]] = {}
+        # Indexed by the status's first digit; None where there is no class.
+        self._by_hundreds = (None, *self.responses.values(), None, None, None, None)
+        self._views: dict[str, _ViewSeries] = {}
         self._reset()
         self._writer.reset_hooks.append(self._reset)
 
@@ -227,9 +317,15 @@ class RequestRecorder:
         self._ring: Cell | None = None
         self._ring_counter = itertools.count()
         self._statm = -1
-        self._last_rss = 0
-        self._load_at = -10.0
+        # The last readings and when they were taken (perf_counter time);
+        # a new file gets its gauges on its first request.
+        self._rss = 0
+        self._rss_at = -math.inf
         self._load = 0.0
+        self._load_at = -math.inf
+        # Whether the gauges show the last readings: they are set when a
+        # request finishes, so a reading costs no gauge write until then.
+        self._rss_shown = self._load_shown = False
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     # -- cheap readings -------------------------------------------------------
@@ -251,26 +347,26 @@ class RequestRecorder:
 
     def load(self, now: float) -> float:
         """Return the 1-minute load average, read at most once a second."""
-        if now - self._load_at >= 1.0:
+        if now - self._load_at >= LOAD_SECONDS:
             self._load_at = now
             try:
                 self._load = os.getloadavg()[0]
             except OSError:
                 pass
+            self._load_shown = False
         return self._load
+
+    def _read_rss(self, now: float) -> None:
+        """Read resident memory now; the next finish shows it in the gauge."""
+        self._rss_at = now
+        self._rss = self.rss()
+        self._rss_shown = False
 
     # -- slots and ring --------------------------------------------------------
 
-    def _take_slot(self) -> Cell:
+    def _new_slot(self) -> Cell:
+        """Allocate one more slot; finished requests' slots go first."""
         writer = self._writer
-        try:
-            slot = self._free_slots.pop()
-            # A finish racing a switch to a new file can hand back a slot
-            # of the old file: it is left behind.
-            if slot.generation == writer.generation:
-                return slot
-        except IndexError:
-            pass
         with writer.lock:
             index = self._slot_count
             self._slot_count += 1
@@ -311,46 +407,56 @@ class RequestRecorder:
     ) -> Request:
         """Begin recording a request; pair with :meth:`finish`.  Never raises."""
         try:
-            request = Request(self, _encode(method), _path_bytes(path))
+            request = Request(self, method, path, view)
         except Exception:
             log.exception("mmstats could not record the start of a request")
-            request = Request(self, b"", b"")
+            request = Request(self)
+
         try:
-            self._start(request, view)
+            request.started = now = _perf()
+            request.wall_started = wall = _wall()
+            if now - self._rss_at >= RSS_SECONDS:
+                self._read_rss(now)
+            request.rss_start = self._rss
+            if now - self._load_at >= LOAD_SECONDS:
+                self.load(now)
+            request.load_start = self._load
+
+            try:
+                slot = self._free_slots.pop()
+            except IndexError:
+                slot = None
+            # A finish racing a switch to a new file can hand back a slot of
+            # the old file: it is left behind.
+            if slot is None or slot.generation != self._writer.generation:
+                slot = self._new_slot()
+            request._slot = slot
+            q, w = slot.q, slot.word
+            strings = (w + F.S_STRINGS) * 8
+            path_at = strings + F.METHOD_SIZE
+            view_at = strings + _VIEW_OFFSET
+            q[w + F.S_SEQ] += 1
+            slot.d[w + F.S_STARTED] = wall
+            q[w + F.S_THREAD] = threading.get_ident()
+            q[w + F.S_QUERIES] = 0
+            slot.d[w + F.S_DB_SECONDS] = 0.0
+            b = slot.b
+            b[strings:path_at] = request.method_field
+            b[path_at : path_at + len(request.path_field)] = request.path_field
+            b[view_at : view_at + len(request.view_field)] = request.view_field
+            q[w + F.S_STATE] = 1
+            q[w + F.S_SEQ] += 1
+
+            # Known limitation (#7): a request starting or ending in the
+            # instant its file is replaced can leave the new file's in-flight
+            # gauge off by one; exact only with a lock, which requests never
+            # take.
+            request._generation = self._writer.generation
+            self.in_flight.incr()
+            request._token = _current.set(request)
         except Exception:
             log.exception("mmstats could not record the start of a request")
         return request
-
-    def _start(self, request: Request, view: str | None) -> None:
-        request.started = now = _perf()
-        request.wall_started = _wall()
-        # The resident size at the end of the previous request is the size
-        # at the start of this one when requests come one at a time (a sync
-        # worker): one read of /proc per request instead of two.
-        request.rss_start = self._last_rss or self.rss()
-        request.load_start = self.load(now)
-        request.view = view
-
-        slot = request._slot = self._take_slot()
-        q, d, b, w = slot.q, slot.d, slot.b, slot.word
-        strings = (w + F.S_STRINGS) * 8
-        q[w + F.S_SEQ] += 1
-        d[w + F.S_STARTED] = request.wall_started
-        q[w + F.S_THREAD] = threading.get_ident()
-        q[w + F.S_QUERIES] = 0
-        d[w + F.S_DB_SECONDS] = 0.0
-        put_string(b, strings, F.METHOD_SIZE, request.method)
-        put_string(b, strings + F.METHOD_SIZE, F.PATH_SIZE, request.path)
-        put_string(b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(view))
-        q[w + F.S_STATE] = 1
-        q[w + F.S_SEQ] += 1
-
-        # Known limitation (#7): a request starting or ending in the instant
-        # its file is replaced can leave the new file's in-flight gauge off
-        # by one; exact only with a lock, which requests never take.
-        request._generation = self._writer.generation
-        self.in_flight.incr()
-        request._token = _current.set(request)
 
     def finish(
         self, request: Request, status: int, exception: BaseException | None = None
@@ -363,71 +469,91 @@ class RequestRecorder:
             return
         request.finished = True
         try:
-            self._finish(request, status, exception)
+            end = _perf()
+            duration = end - request.started
+            request.status = status
+            # A request started before a fork or a new file belongs to the
+            # old file: its slot and in-flight count are not touched in the
+            # new one.
+            writer = self._writer
+            generation = writer.generation
+            token = request._token
+            if token is not None:
+                # The token is set last in start: only then is it in flight.
+                request._token = None
+                if request._generation == generation:
+                    self.in_flight.decr()
+                if _current.get() is request:
+                    try:
+                        _current.reset(token)
+                    except ValueError:
+                        _current.set(None)  # finished in a copy of its context
+
+            slot = request._slot
+            if slot is not None:
+                request._slot = None
+                if slot.generation == generation:
+                    slot.q[slot.word + F.S_STATE] = 0
+                    self._free_slots.append(slot)
+            if request.ignored:
+                return
+
+            self.requests.incr()
+            if 100 <= status < 600:
+                responses = self._by_hundreds[status // 100]
+                if responses is not None:
+                    responses.incr()
+            if exception is not None:
+                request.exception = exception_name(exception)
+            if request.exception is not None:
+                self.stats.counter(
+                    "exceptions",
+                    "Unhandled exceptions by class",
+                    {"exception": request.exception},
+                ).incr()
+            self.request_seconds.observe(duration)
+            self.db_queries.observe(request.queries)
+            self.db_seconds.observe(request.db_seconds)
+            view = request.view
+            if view:
+                _, count, hist = self._views.get(view) or self._view_series(view)
+                count.incr()
+                hist.observe(duration)
+
+            wall_end = request.wall_started + duration
+            header = writer.header
+            if header is not None:
+                header.d[_HEARTBEAT] = wall_end  # the time of the last request
+            slow = duration >= self.slow_seconds
+            # A slow request reads memory now: its entry's delta ends at its
+            # end.
+            if slow or end - self._rss_at >= RSS_SECONDS:
+                self._read_rss(end)
+            if end - self._load_at >= LOAD_SECONDS:
+                self.load(end)
+            load = self._load
+            if not self._rss_shown:
+                self._rss_shown = True
+                self.memory.set(self._rss)
+            if not self._load_shown:
+                self._load_shown = True
+                self.load1.set(load)
+            if slow:
+                self._write_slow(request, wall_end, duration, self._rss, load)
+            if end >= writer.next_check:
+                writer.check(end)  # a stat every few seconds
         except Exception:
             log.exception("mmstats could not record the end of a request")
 
-    def _finish(
-        self, request: Request, status: int, exception: BaseException | None
-    ) -> None:
-        end = _perf()
-        duration = end - request.started
-        request.status = status
-        # A request started before a fork or a new file belongs to the old
-        # file: its slot and in-flight count are not touched in the new one.
-        generation = self._writer.generation
-        token = request._token
-        if token is not None:
-            # The token is set last in _start: only then is it in flight.
-            request._token = None
-            if request._generation == generation:
-                self.in_flight.decr()
-            if _current.get() is request:
-                try:
-                    _current.reset(token)
-                except ValueError:
-                    _current.set(None)  # finished in a copy of its context
+    def _view_field(self, view: str) -> bytes:
+        """Return the string field of a view's name."""
+        series = self._views.get(view)
+        if series is not None:
+            return series[0]
+        return _field(_encode(view), F.VIEW_SIZE)
 
-        slot = request._slot
-        if slot is not None:
-            request._slot = None
-            if slot.generation == generation:
-                slot.q[slot.word + F.S_STATE] = 0
-                self._free_slots.append(slot)
-        if request.ignored:
-            return
-
-        self.requests.incr()
-        responses = self.responses.get(_status_class(status))
-        if responses is not None:
-            responses.incr()
-        if exception is not None:
-            request.exception = exception_name(exception)
-        if request.exception is not None:
-            self.stats.counter(
-                "exceptions",
-                "Unhandled exceptions by class",
-                {"exception": request.exception},
-            ).incr()
-        self.request_seconds.observe(duration)
-        self.db_queries.observe(request.queries)
-        self.db_seconds.observe(request.db_seconds)
-        if request.view:
-            count, hist = self._view_series(request.view)
-            count.incr()
-            hist.observe(duration)
-
-        rss = self._last_rss = self.rss()
-        self.memory.set(rss)
-        load = self.load(end)
-        self.load1.set(load)
-        wall_end = request.wall_started + duration
-        self._writer.heartbeat(wall_end)
-        if duration >= self.slow_seconds:
-            self._write_slow(request, wall_end, duration, rss, load)
-        self._writer.check(end)  # a compare; a stat every few seconds
-
-    def _view_series(self, view: str) -> tuple[CounterSeries, HistogramSeries]:
+    def _view_series(self, view: str) -> _ViewSeries:
+        """Return the view's field and series, kept for the next request."""
         series = self._views.get(view)
         if series is None:
             # The label holds what the slot and the slow ring hold: the name
@@ -435,12 +561,13 @@ class RequestRecorder:
             name = F.cut_utf8(_encode(view), F.VIEW_SIZE - 2)
             labels = {"view": name.decode("utf-8", "surrogateescape")}
             series = (
+                _field(name, F.VIEW_SIZE),
                 self.stats.counter("view_requests", "Requests per view", labels),
                 self.stats.histogram("view_seconds", "Request time per view", labels),
             )
             # A view past the label cap gets the overflow series; it is not
             # cached, so each of its requests counts as a dropped label use.
-            if len(self._views) < _VIEW_CACHE_MAX and series[0].labels == labels:
+            if len(self._views) < _VIEW_CACHE_MAX and series[1].labels == labels:
                 self._views[view] = series
         return series
 
@@ -465,9 +592,9 @@ class RequestRecorder:
             rss - request.rss_start if rss and request.rss_start else 0
         )
         d[w + F.E_LOAD_DELTA] = load - request.load_start
-        put_string(b, strings, F.METHOD_SIZE, request.method)
-        put_string(b, strings + F.METHOD_SIZE, F.PATH_SIZE, request.path)
-        put_string(
-            b, strings + F.METHOD_SIZE + F.PATH_SIZE, F.VIEW_SIZE, _encode(request.view)
-        )
+        path = strings + F.METHOD_SIZE
+        view = strings + _VIEW_OFFSET
+        b[strings:path] = request.method_field
+        b[path : path + len(request.path_field)] = request.path_field
+        b[view : view + len(request.view_field)] = request.view_field
         q[w + F.E_GEN] = 2 * index + 2

@@ -23,6 +23,10 @@ from . import conf, instrument
 log = logging.getLogger("mmstats.django")
 
 _recorders: dict[tuple[Any, ...], RequestRecorder] = {}
+# View names by view function: a URLconf hands out the same few functions
+# again and again.  Bounded, for views made on the fly.
+_view_names: dict[Any, str] = {}
+_VIEW_NAMES_MAX = 1000
 
 
 def get_recorder(config: conf.Config) -> RequestRecorder:
@@ -60,14 +64,15 @@ def view_name(view_func: Any) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
-def _name_view(request: HttpRequest, view_func: Any) -> None:
-    recorded = getattr(request, "_mmstats", None)
-    if recorded is None:
-        return
+def _new_view_name(view_func: Any) -> str:
+    """Return :func:`view_name` of ``view_func``, kept for the next request."""
+    name = view_name(view_func)
     try:
-        recorded.set_view(view_name(view_func))
-    except Exception:
-        log.exception("mmstats could not name a view")
+        if len(_view_names) < _VIEW_NAMES_MAX:
+            _view_names[view_func] = name
+    except TypeError:  # an unhashable view: named on each request
+        pass
+    return name
 
 
 class StatsMiddleware:
@@ -92,47 +97,62 @@ class StatsMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        recorded = self._start(request)
+        recorder = self.recorder
+        recorded = request._mmstats = recorder.start(  # type: ignore[attr-defined]
+            request.method or "", request.path
+        )
         try:
             response = self.get_response(request)
         except BaseException as exc:
-            self.recorder.finish(recorded, 500, exc)
+            recorder.finish(recorded, 500, exc)
             raise
-        return self._respond(recorded, response)
+
+        if getattr(response, "streaming", False):
+            return self._follow(recorded, response)
+        recorder.finish(recorded, getattr(response, "status_code", 500))
+        return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        recorded = self._start(request)
+        recorded = request._mmstats = self.recorder.start(  # type: ignore[attr-defined]
+            request.method or "", request.path
+        )
         try:
             get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
             response = await get_response(request)
         except BaseException as exc:
             self.recorder.finish(recorded, 500, exc)
             raise
-        return self._respond(recorded, response)
+
+        if getattr(response, "streaming", False):
+            return self._follow(recorded, response)
+        self.recorder.finish(recorded, getattr(response, "status_code", 500))
+        return response
 
     def process_view(
         self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
         """Name the view in the request's record and slot."""
-        _name_view(request, view_func)
+        recorded = getattr(request, "_mmstats", None)
+        if recorded is None:
+            return
+        try:
+            try:
+                name = _view_names.get(view_func) or _new_view_name(view_func)
+            except TypeError:  # an unhashable view
+                name = _new_view_name(view_func)
+            recorded.set_view(name)
+        except Exception:
+            log.exception("mmstats could not name a view")
 
     async def _process_view_async(
         self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
-        _name_view(request, view_func)
+        StatsMiddleware.process_view(self, request, view_func, view_args, view_kwargs)
 
-    def _start(self, request: HttpRequest) -> Request:
-        recorded = self.recorder.start(request.method or "", request.path)
-        request._mmstats = recorded  # type: ignore[attr-defined]
-        return recorded
-
-    def _respond(
+    def _follow(
         self, recorded: Request, response: HttpResponseBase
     ) -> HttpResponseBase:
-        if not getattr(response, "streaming", False):
-            self.recorder.finish(recorded, getattr(response, "status_code", 500))
-            return response
-
+        """Finish the request when the server is done with a streamed body."""
         try:
             _Stream(self.recorder, recorded, response, self.is_async).watch()
         except Exception:

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, got_request_exception, request, request_started
+from flask import Flask, got_request_exception, request
 
-from mmstats import RequestRecorder, resolve_directory
+from mmstats import RequestRecorder, current_request, resolve_directory
 from mmstats_wsgi import StatsMiddleware
 
 from . import _sqlalchemy
@@ -146,20 +146,21 @@ class MmStats:
         app.extensions["mmstats"] = _State(recorder, directory)
         # Outermost: status and time include every hook and error handler.
         app.wsgi_app = StatsMiddleware(app.wsgi_app, recorder=recorder)  # type: ignore[method-assign]
-        request_started.connect(_on_request_started, app, weak=False)
+        # A URL value preprocessor gets the endpoint before any before_request
+        # hook runs, for less than a request_started receiver costs.
+        app.url_value_preprocessor(_name_view)
         got_request_exception.connect(_on_exception, app, weak=False)
         _sqlalchemy.install()
 
 
-def _on_request_started(sender: Flask, **extra: Any) -> None:
-    """Name the view: the endpoint is known before any before_request hook."""
+def _name_view(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Name the view of the request being recorded after its endpoint."""
+    if not endpoint:
+        return
     try:
-        endpoint = request.endpoint
-        if endpoint:
-            request.environ["mmstats.view"] = endpoint
-            recorded = request.environ.get("mmstats.request")
-            if recorded is not None:
-                recorded.set_view(endpoint)
+        recorded = current_request()
+        if recorded is not None:
+            recorded.set_view(endpoint)
     except Exception:
         log.exception("mmstats could not name a view")
 

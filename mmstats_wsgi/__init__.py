@@ -94,10 +94,10 @@ class StatsMiddleware:
             environ.get("mmstats.view"),
         )
         environ["mmstats.request"] = request
-        response = _Response(recorder, request, environ)
+        response = _Response(recorder, request, environ, start_response)
 
         try:
-            result = self.app(environ, response.wrap_start_response(start_response))
+            result = self.app(environ, response.start_response)
         except BaseException as exc:
             response.finish(500, exc)
             raise
@@ -106,58 +106,70 @@ class StatsMiddleware:
 
 
 class _Response:
-    """The iterable handed to the server; finishes the request on close()."""
+    """The iterable handed to the server; finishes the request on close().
+
+    A body that is not a list goes through a generator, which costs less per
+    chunk than a ``__next__`` method and sees the errors of its iteration.
+    """
 
     __slots__ = (
         "_recorder",
         "_request",
         "_environ",
+        "_start_response",
         "status",
         "result",
-        "_it",
         "_sent",
         "_closed",
     )
 
     def __init__(
-        self, recorder: RequestRecorder, request: Request, environ: dict[str, Any]
+        self,
+        recorder: RequestRecorder,
+        request: Request,
+        environ: dict[str, Any],
+        start_response: StartResponse,
     ) -> None:
         self._recorder = recorder
         self._request = request
         self._environ = environ
+        self._start_response = start_response
         self.status = 0
         self.result: Iterable[bytes] = ()
-        self._it: Iterator[bytes] | None = None
         self._sent = False
         self._closed = False
 
-    def wrap_start_response(self, start_response: StartResponse) -> StartResponse:
-        """Return a ``start_response`` that notes the status the server took."""
-
-        def recording_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            if exc_info is None:
-                write = start_response(status, headers)
-            else:
-                # With headers already sent the server re-raises exc_info and
-                # the client keeps the first status: note the new one after.
-                write = start_response(status, headers, exc_info)
-            self.status = _status_code(status)
-            return write
-
-        return recording_start_response
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], object]:
+        """Call the server's ``start_response``, noting the status it took."""
+        start_response = self._start_response
+        if exc_info is None:
+            write = start_response(status, headers)
+        else:
+            # With headers already sent the server re-raises exc_info and
+            # the client keeps the first status: note the new one after.
+            write = start_response(status, headers, exc_info)
+        self.status = _status_code(status)
+        return write
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
+        result = self.result
+        # Iterating a list or a tuple cannot fail: the server takes it as it
+        # is, without a call into this object for every chunk.
+        if type(result) is list or type(result) is tuple:
+            return iter(result)
+        return self._chunks(result)
 
-    def __next__(self) -> bytes:
-        it = self._it
-        if it is None:
-            it = self._it = iter(self.result)
+    def _chunks(self, result: Iterable[bytes]) -> Iterator[bytes]:
         try:
-            chunk = next(it)
-        except StopIteration:
+            for chunk in result:
+                self._sent = True
+                yield chunk
+        except GeneratorExit:  # the server let go of the body: close() ends it
             raise
         except BaseException as exc:
             # Servers send the headers with the first chunk: before it, the
@@ -165,8 +177,6 @@ class _Response:
             # every server calls close() after an error, so it ends here.
             self.finish(self.status if self._sent else 500, exc)
             raise
-        self._sent = True
-        return chunk
 
     def close(self) -> None:
         if self._closed:
@@ -184,8 +194,10 @@ class _Response:
         request = self._request
         if request.finished:
             return
-        try:
-            request.set_view(self._environ.get("mmstats.view"))
-        except Exception:
-            log.exception("mmstats could not name a view")
+        view = self._environ.get("mmstats.view")
+        if view:
+            try:
+                request.set_view(view)
+            except Exception:
+                log.exception("mmstats could not name a view")
         self._recorder.finish(request, status, exc)

@@ -200,6 +200,30 @@ class TestViews:
         assert view_name(django_views.ok) == "tests.django_views.ok"
         assert view_name(Callable()).endswith("Callable")
 
+    def test_unhashable_view_is_named_on_every_request(self, stats: Path) -> None:
+        """A view object that cannot be a dict key is still named each time."""
+
+        class Unhashable:
+            __hash__ = None  # type: ignore[assignment]
+
+            def __call__(self, request: HttpRequest) -> HttpResponse:
+                return HttpResponse()
+
+        view = Unhashable()
+
+        def get_response(request: HttpRequest) -> HttpResponse:
+            middleware.process_view(request, view, (), {})
+            return view(request)
+
+        middleware = StatsMiddleware(get_response)
+        for _ in range(2):
+            middleware(RequestFactory().get("/unhashable/"))
+
+        worker = this_worker(stats)
+        name = f"{__name__}.{Unhashable.__qualname__}"
+        assert worker.value("view_requests", {"view": name}) == 2
+        assert [e.view for e in worker.slow] == [name, name]
+
     def test_slot_and_entry_hold_no_query_string(
         self, stats: Path, client: Client
     ) -> None:

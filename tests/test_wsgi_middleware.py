@@ -325,6 +325,21 @@ class TestSlots:
 
 
 class TestStreaming:
+    def test_list_body_goes_to_the_server_unwrapped_and_ends_on_close(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """The server iterates a list body itself; close() still ends the request."""
+        result = record(hello)(make_environ("/listed"), Server().start_response)
+        chunks = iter(result)
+        assert type(chunks) is type(iter([]))
+        assert list(chunks) == [b"hello"]
+        assert [s.path for s in this_worker(stats_dir).slots] == ["/listed"]
+
+        result.close()  # type: ignore[attr-defined]
+        worker = this_worker(stats_dir)
+        assert worker.slots == []
+        assert [(e.path, e.status) for e in worker.slow] == [("/listed", 200)]
+
     def test_streamed_body_is_timed_and_counted_to_its_end(
         self, record: Callable[..., StatsMiddleware], stats_dir: Path
     ) -> None:
@@ -356,6 +371,29 @@ class TestStreaming:
         assert entry.duration >= 0.3
         assert entry.queries == 3
         assert worker.value("request_seconds").sum >= 0.3
+
+    def test_body_dropped_mid_stream_ends_on_close_with_its_status(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """A server that stops iterating (a client gone) and drops the body
+        records the request once, with the status sent and no exception."""
+
+        def app(
+            environ: Environ, start_response: Callable[..., Any]
+        ) -> Iterator[bytes]:
+            start_response("200 OK", [])
+            yield from [b"a", b"b", b"c"]
+
+        result = record(app)(make_environ("/gone"), Server().start_response)
+        chunks = iter(result)
+        assert next(chunks) == b"a"
+        del chunks  # the body's generator is closed here
+        result.close()  # type: ignore[attr-defined]
+
+        worker = this_worker(stats_dir)
+        assert worker.value("requests") == 1
+        assert worker.value("exceptions") is None
+        assert [(e.path, e.status) for e in worker.slow] == [("/gone", 200)]
 
     def test_wrapped_close_called_exactly_once(
         self, record: Callable[..., StatsMiddleware], stats_dir: Path

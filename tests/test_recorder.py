@@ -1,0 +1,119 @@
+"""The request recorder: what it reads from the system, and how often."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import mmstats
+from mmstats import _recorder
+
+MiB = 1 << 20
+
+
+class Clock:
+    """A perf_counter that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Drive the recorder's request times from a clock the test moves."""
+    clock = Clock()
+    monkeypatch.setattr(_recorder, "_perf", clock)
+    return clock
+
+
+def this_worker(directory: Path) -> mmstats.Worker:
+    """Return the stats of this process in ``directory``."""
+    snapshot = mmstats.read_directory(directory)
+    assert snapshot.bad == []
+    [worker] = [w for w in snapshot.workers if w.pid == os.getpid()]
+    return worker
+
+
+class FakeMemory:
+    """Stands in for RequestRecorder.rss: counts reads, returns a set size."""
+
+    def __init__(self) -> None:
+        self.size = 100 * MiB
+        self.reads = 0
+        self.last = 0
+
+    def __call__(self) -> int:
+        self.reads += 1
+        self.last = self.size
+        return self.size
+
+
+class TestMemory:
+    def test_read_at_most_every_10_ms_while_requests_are_fast(
+        self, stats_dir: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A thousand 1 ms requests read the resident size about a hundred
+        times, and the gauge shows the newest reading."""
+        recorder = mmstats.RequestRecorder(stats_dir, "recorder", slow_seconds=1.0)
+        memory = FakeMemory()
+        monkeypatch.setattr(recorder, "rss", memory)
+
+        for i in range(1000):
+            request = recorder.start("GET", "/")
+            clock.now += 0.001
+            memory.size = (100 + i) * MiB
+            recorder.finish(request, 200)
+
+        assert 90 <= memory.reads <= 101
+        assert memory.last >= 1088 * MiB
+        assert this_worker(stats_dir).value("memory_rss_bytes") == memory.last
+
+    def test_slow_request_reads_it_at_its_end(
+        self, stats_dir: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A slow entry's memory delta runs from the reading before the
+        request to a reading at its end, which the gauge shows too."""
+        recorder = mmstats.RequestRecorder(stats_dir, "recorder", slow_seconds=0.5)
+        memory = FakeMemory()
+        monkeypatch.setattr(recorder, "rss", memory)
+        recorder.finish(recorder.start("GET", "/fast"), 200)
+
+        clock.now += 0.002
+        request = recorder.start("GET", "/slow")
+        memory.size += 48 * MiB
+        clock.now += 0.6
+        recorder.finish(request, 200)
+
+        worker = this_worker(stats_dir)
+        [entry] = worker.slow
+        assert entry.path == "/slow"
+        assert entry.memory_delta == 48 * MiB
+        assert worker.value("memory_rss_bytes") == 148 * MiB
+        assert memory.reads == 2
+
+
+class TestLoad:
+    def test_read_at_most_once_a_second(
+        self, stats_dir: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Three seconds of 10 ms requests read the load average three times."""
+        reads = []
+
+        def getloadavg() -> tuple[float, float, float]:
+            reads.append(clock.now)
+            return (float(len(reads)), 0.0, 0.0)
+
+        monkeypatch.setattr(os, "getloadavg", getloadavg)
+        recorder = mmstats.RequestRecorder(stats_dir, "recorder")
+        for _ in range(299):
+            request = recorder.start("GET", "/")
+            clock.now += 0.01
+            recorder.finish(request, 200)
+
+        assert len(reads) == 3
+        assert this_worker(stats_dir).value("load1") == 3.0
