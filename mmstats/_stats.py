@@ -4,7 +4,9 @@ Each series keeps, per thread, a reference to that thread's own cell in the
 stats file, so an update is a few stores into shared memory: no lock and no
 system call.  The cell is found through a ``threading.local``; a thread's
 first update (and the first after a fork) allocates it under the writer's
-lock.
+lock.  Counters and histograms also keep a private copy of their cell's
+words: the thread is the cell's only writer, so an update adds to the copy
+and stores the result, without loading the word from the file first.
 """
 
 from __future__ import annotations
@@ -113,29 +115,44 @@ class _Series:
                 return cell
 
 
+class _CounterCell:
+    """A thread's counter cell: a one-word view and the value it holds."""
+
+    __slots__ = ("view", "total")
+
+    def __init__(self, cell: Any) -> None:
+        self.view = cell.q[cell.word : cell.word + 1]
+        # Read once, when the thread takes the cell: a cell handed over by
+        # an ended thread keeps counting from where that thread left it.
+        self.total: int = self.view[0]
+
+
 class CounterSeries(_Series):
     """An integer that only goes up."""
 
     kind = F.KIND_COUNTER
     __slots__ = ()
 
-    def _bind(self) -> tuple[Any, int]:
+    def _bind(self) -> _CounterCell:
         # The thread-local is taken first: if the file is replaced meanwhile,
         # the binding goes to the old one, which nothing reads any more.
         tl = self._tl
-        cell = self._cell()
-        tl.cell = bound = (cell.q, cell.word)
+        tl.cell = bound = _CounterCell(self._cell())
         return bound
 
     def incr(self, n: int = 1) -> None:
         """Add ``n`` (a non-negative integer) to the counter."""
         try:
-            q, i = self._tl.cell
+            bound = self._tl.cell
         except AttributeError:
-            q, i = self._bind()
+            bound = self._bind()
         if n < 0:
             raise ValueError(f"Counter {self.name!r} cannot decrease: incr({n!r})")
-        q[i] += n
+        total = bound.total + n
+        # The store goes first: a total it refuses (not an integer, past
+        # 2**63 - 1) leaves the private copy as it was.
+        bound.view[0] = total
+        bound.total = total
 
 
 class GaugeSeries(_Series):
