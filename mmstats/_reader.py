@@ -17,9 +17,9 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _format as F
 from ._archive import ARCHIVE_NAME, Archive, load_archive
@@ -610,27 +610,44 @@ def _stable(
     """Copy bytes ``start:end`` of a record guarded by a sequence word.
 
     Returns the copy, the sequence value and whether the copy is
-    consistent: the sequence was even and unchanged across the copy.  A
-    live writer is waited for (up to RECORD_WAIT, within the read's
-    patience); a dead one never moves.
+    consistent: the sequence was even and unchanged across the copy.
+    """
+
+    def copy() -> tuple[tuple[bytes, int], bool]:
+        before = q[seq_word]
+        data = bytes(b[start:end])  # one memcpy: short, so rarely raced
+        return (data, before), not before & 1 and q[seq_word] == before
+
+    (data, before), settled = _settle(copy, live, patience)
+    return data, before, settled
+
+
+_T = TypeVar("_T")
+
+
+def _settle(
+    copy: Callable[[], tuple[_T, bool]], live: bool, patience: _Patience
+) -> tuple[_T, bool]:
+    """Call ``copy`` until it says its copy is consistent; return the last.
+
+    A live writer is waited for (up to RECORD_WAIT, within the read's
+    patience); a dead one never moves, so it gets one try.
     """
     started = deadline = 0.0
     tries = 0
     while True:
-        before = q[seq_word]
-        data = bytes(b[start:end])  # one memcpy: short, so rarely raced
-        settled = not before & 1 and q[seq_word] == before
+        got, settled = copy()
         if settled or not live:
             if started:
                 patience.spend(time.monotonic() - started)
-            return data, before, settled
+            return got, settled
         now = time.monotonic()
         if not started:
             started = now
             deadline = now + min(RECORD_WAIT, patience.left())
         elif now > deadline:
             patience.spend(now - started)
-            return data, before, False
+            return got, False
         # Yield at first; then sleep, so that a writer waiting for a CPU
         # (a busy machine) gets it rather than the reader spinning.
         tries += 1
@@ -770,7 +787,7 @@ def _collect_series(
         elif kind == F.KIND_GAUGE:
             values[mid] = values.get(mid, 0.0) + d[word]
         elif kind == F.KIND_HISTOGRAM:
-            hist = _read_histogram(meta, b, q, word, size, live, patience)
+            hist = _read_histogram(meta, b, q, d, word, size, live, patience)
             if mid in values:
                 values[mid].merge(hist)
             else:
@@ -800,6 +817,7 @@ def _read_histogram(
     meta: dict[str, Any],
     b: Any,
     q: Any,
+    d: Any,
     word: int,
     size: int,
     live: bool,
@@ -808,16 +826,25 @@ def _read_histogram(
     n = meta["nbuckets"]
     if size < 8 * (F.HIST_BUCKETS + n):
         raise ValueError("histogram cell is shorter than its buckets")
-    end = (word + F.HIST_BUCKETS + n) * 8
-    data, _, _ = _stable(b, q, word, word * 8, end, live, patience)
-    view = memoryview(data)
-    buckets = _nonzero_buckets(data, 8 * F.HIST_BUCKETS)
+    start = (word + F.HIST_BUCKETS) * 8
+    end = start + 8 * n
+
+    def copy() -> tuple[tuple[float, dict[int, int]], bool]:
+        # In this order: the writer stores bucket, sum, count, so a sum
+        # that already holds an observation the count does not has its
+        # bucket in the copy taken after it, and the check below fails.
+        count = q[word + F.HIST_COUNT]
+        sum_value = d[word + F.HIST_SUM]
+        buckets = _nonzero_buckets(bytes(b[start:end]), 0)
+        settled = count == q[word + F.HIST_COUNT] == sum(buckets.values())
+        return (sum_value, buckets), settled
+
+    (sum_value, buckets), _ = _settle(copy, live, patience)
     if buckets and min(buckets.values()) < 0:
         raise ValueError("histogram cell has a negative bucket count")
-    sum_value: float = view.cast("d")[F.HIST_SUM]
     # The buckets are the truth for the count: equal to the count word in a
-    # consistent copy, and still right when a writer was killed mid-update
-    # (or never let go for 0.2 s).
+    # consistent copy, and still right when a writer was killed between its
+    # stores (or never let go for 0.5 s).
     count = sum(buckets.values())
     return HistogramValue(
         meta["lo"],

@@ -4,17 +4,17 @@ Each series keeps, per thread, a reference to that thread's own cell in the
 stats file, so an update is a few stores into shared memory: no lock and no
 system call.  The cell is found through a ``threading.local``; a thread's
 first update (and the first after a fork) allocates it under the writer's
-lock.  Counters and histograms also keep a private copy of their cell's
-words: the thread is the cell's only writer, so an update adds to the copy
-and stores the result, without loading the word from the file first.
+lock.  Counters also keep a private copy of their cell's word: the thread
+is the cell's only writer, so an update adds to the copy and stores the
+result, without loading the word from the file first.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LABEL_LIMIT = 100
 DEFAULT_TEXT_BYTES = 256
 OVERFLOW = "_overflow"
-_INV_LOG_GAMMA = 1.0 / F.LOG_GAMMA
 
 _stamps = itertools.count(1)  # next() is atomic under the GIL
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -206,7 +205,7 @@ class HistogramSeries(_Series):
     """Counts of observations in log-scaled buckets, with their sum."""
 
     kind = F.KIND_HISTOGRAM
-    __slots__ = ("_lo", "_inv_lo", "_top")
+    __slots__ = ("_bounds", "_words")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -219,38 +218,35 @@ class HistogramSeries(_Series):
             "nbuckets": nbuckets,
             "flags": F.FLAG_INTEGER if integer else 0,
         }
-        self._payload = 8 * (F.HIST_BUCKETS + nbuckets)
-        self._lo = lo
-        self._inv_lo = 1.0 / lo
-        self._top = nbuckets - 1
+        self._words = F.HIST_BUCKETS + nbuckets
+        self._payload = 8 * self._words
+        self._bounds = F.bucket_bounds(lo, nbuckets)
 
-    def _bind(self) -> tuple[Any, Any, int]:
+    def _bind(self) -> tuple[Any, Any]:
         tl = self._tl
         cell = self._cell()
-        tl.cell = bound = (cell.q, cell.d, cell.word)
+        start, end = cell.word, cell.word + self._words
+        tl.cell = bound = (cell.q[start:end], cell.d[start:end])
         return bound
 
-    def observe(
-        self, value: float, _log: Any = math.log, _ceil: Any = math.ceil
-    ) -> None:
+    def observe(self, value: float, _bisect: Any = bisect.bisect_left) -> None:
         """Record one observation of ``value``."""
         try:
-            q, d, i = self._tl.cell
+            q, d = self._tl.cell
         except AttributeError:
-            q, d, i = self._bind()
-        if value > self._lo:
-            k = _ceil(_log(value * self._inv_lo) * _INV_LOG_GAMMA)
-            if k > self._top:
-                k = self._top
-        else:
-            k = 0
-        # Sequence counter: odd while the record changes, so a reader that
-        # sees it odd, or changed across its copy, copies again.
-        q[i] += 1
-        q[i + 1] += 1
-        d[i + 2] += value
-        q[i + 3 + k] += 1
-        q[i] += 1
+            q, d = self._bind()
+        k = _bisect(self._bounds, value) + 2  # bucket 0 is word 2
+        total = d[1] + value
+        # Bucket, then sum, then count (words k, 1 and 0): a reader takes a
+        # copy only when its count equals the sum of its buckets, so it never
+        # pairs a sum with buckets of another moment (docs/FORMAT.md).
+        q[k] += 1
+        try:
+            d[1] = total
+        except BaseException:
+            q[k] -= 1  # a sum that is no float: as if never called
+            raise
+        q[0] += 1
 
     def time(self) -> _Timer:
         """Time a block (``with h.time():``) or a function (``@h.time()``)."""

@@ -162,7 +162,10 @@ def bad_directory(directory: Path) -> tuple[dict[str, int], dict[str, str]]:
     plant("cut.1.a.mmstats", data[: (F.HEADER_SIZE + used) // 2], "used length")
     plant("header-only.1.a.mmstats", data[:4000], "shorter than the 4096-byte")
     plant("magic.1.a.mmstats", b"NOTMMSTA" + data[8:], "no mmstats magic")
-    for name, version, word in (("older", 0, "older"), ("newer", 2, "newer")):
+    for name, version, word in (
+        ("older", 0, "older"),
+        ("newer", F.VERSION + 1, "newer"),
+    ):
         versioned = bytearray(data)
         set_bytes(versioned, F.H_VERSION, "I", version)
         plant(f"{name}.1.a.mmstats", bytes(versioned), f"{word} than this reader's")

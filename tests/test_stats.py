@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import mmstats
+from mmstats import _format as F
 
 
 class JobStats(mmstats.Stats):
@@ -98,6 +99,19 @@ class TestFields:
         stats = mmstats.Stats(stats_dir, "float")
         with pytest.raises(TypeError):
             stats.counter("c").incr(1.5)  # type: ignore[arg-type]
+
+    def test_refused_increment_changes_nothing(self, stats_dir: Path) -> None:
+        """An increment the file cannot hold (a float, a total past 2**63 - 1)
+        raises and leaves the counter counting on from its value (#2)."""
+        stats = mmstats.Stats(stats_dir, "refused")
+        counter = stats.counter("c")
+        counter.incr(5)
+        with pytest.raises(TypeError):
+            counter.incr(1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="invalid value"):
+            counter.incr(2**63)
+        counter.incr(2)
+        assert only_worker(stats_dir).value("c") == 7
 
     def test_same_name_other_kind_is_refused(self, stats_dir: Path) -> None:
         """One name is one kind of metric in a file."""
@@ -217,7 +231,7 @@ class TestFiles:
         assert worker.pid == os.getpid()
         assert worker.hostname == os.uname().nodename
         assert worker.state == "alive"
-        assert worker.version == 1
+        assert worker.version == F.VERSION == 2
         assert worker.name == "header"
         assert "python" in worker.command or "pytest" in worker.command
         assert 0 < worker.start_time <= worker.created
