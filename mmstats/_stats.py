@@ -4,9 +4,9 @@ Each series keeps, per thread, a reference to that thread's own cell in the
 stats file, so an update is a few stores into shared memory: no lock and no
 system call.  The cell is found through a ``threading.local``; a thread's
 first update (and the first after a fork) allocates it under the writer's
-lock.  Counters also keep a private copy of their cell's word: the thread
-is the cell's only writer, so an update adds to the copy and stores the
-result, without loading the word from the file first.
+lock.  Counters, and the count and sum of histograms, also have a private
+copy in the thread: it is the cell's only writer, so an update adds to the
+copy and stores the result, without loading the word from the file first.
 """
 
 from __future__ import annotations
@@ -222,21 +222,25 @@ class HistogramSeries(_Series):
         self._payload = 8 * self._words
         self._bounds = F.bucket_bounds(lo, nbuckets)
 
-    def _bind(self) -> tuple[Any, Any]:
+    def _bind(self) -> tuple[Any, Any, list[Any]]:
         tl = self._tl
         cell = self._cell()
         start, end = cell.word, cell.word + self._words
-        tl.cell = bound = (cell.q[start:end], cell.d[start:end])
+        q, d = cell.q[start:end], cell.d[start:end]
+        # The thread's copy of the count and the sum, read once when it takes
+        # the cell (an ended thread may have handed it over).
+        totals: list[Any] = [q[F.HIST_COUNT], d[F.HIST_SUM]]
+        tl.cell = bound = (q, d, totals)
         return bound
 
     def observe(self, value: float, _bisect: Any = bisect.bisect_left) -> None:
         """Record one observation of ``value``."""
         try:
-            q, d = self._tl.cell
+            q, d, totals = self._tl.cell
         except AttributeError:
-            q, d = self._bind()
+            q, d, totals = self._bind()
         k = _bisect(self._bounds, value) + 2  # bucket 0 is word 2
-        total = d[1] + value
+        total = totals[1] + value
         # Bucket, then sum, then count (words k, 1 and 0): a reader takes a
         # copy only when its count equals the sum of its buckets, so it never
         # pairs a sum with buckets of another moment (docs/FORMAT.md).
@@ -246,7 +250,10 @@ class HistogramSeries(_Series):
         except BaseException:
             q[k] -= 1  # a sum that is no float: as if never called
             raise
-        q[0] += 1
+        totals[1] = total
+        count = totals[0] + 1
+        q[0] = count
+        totals[0] = count
 
     def time(self) -> _Timer:
         """Time a block (``with h.time():``) or a function (``@h.time()``)."""

@@ -119,7 +119,7 @@ KILLABLE = textwrap.dedent(
         hist = stats.histogram("sizes", unit="bytes")
         for _ in range(3):
             hist.observe(2.0)
-        q, d = hist._tl.cell
+        q, d, _totals = hist._tl.cell
         q[F.HIST_BUCKETS + F.bucket_index(0.5, 0.5)] += 1
         if mode == "torn-sum":
             d[F.HIST_SUM] += 0.5

@@ -100,7 +100,7 @@ class TestConsistentReads:
         hist = stats.histogram("sizes", unit="bytes")
         for _ in range(3):
             hist.observe(2.0)
-        q, d = hist._tl.cell
+        q, d, _words = hist._tl.cell
         q[F.HIST_BUCKETS + F.bucket_index(0.5, 0.5)] += 1
 
         def finish() -> None:
