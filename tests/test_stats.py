@@ -100,6 +100,35 @@ class TestFields:
         with pytest.raises(TypeError):
             stats.counter("c").incr(1.5)  # type: ignore[arg-type]
 
+    def test_fields_of_subclasses_and_mixins_are_all_made(
+        self, stats_dir: Path
+    ) -> None:
+        """Fields come from every class of the model: a subclass adds to and
+        redeclares its base's, a plain mixin's count too, and each instance
+        holds its own series (#2)."""
+
+        class Common:
+            started = mmstats.Counter("Jobs started")
+
+        class MoreStats(Common, JobStats):
+            done = mmstats.Gauge("Redeclared: the subclass wins")
+            failed = mmstats.Counter("Jobs failed")
+
+        stats = MoreStats(stats_dir, "more")
+        other = MoreStats(stats_dir, "more")
+        stats.started.incr(2)
+        stats.failed.incr()
+        stats.done.set(1.5)
+        stats.queue.set(4)
+        assert stats.started is other.started  # one series per name and file
+        assert not hasattr(MoreStats, "failed")  # on the instance only
+        worker = only_worker(stats_dir)
+        assert worker.value("started") == 2
+        assert worker.value("failed") == 1
+        assert worker.find("done").kind == "gauge"
+        assert worker.value("done") == 1.5
+        assert worker.value("queue") == 4
+
     def test_refused_increment_changes_nothing(self, stats_dir: Path) -> None:
         """An increment the file cannot hold (a float, a total past 2**63 - 1)
         raises and leaves the counter counting on from its value (#2)."""
