@@ -7,12 +7,14 @@ an offset or a record changes.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import struct
 import sys
 
 MAGIC = b"MMSTATS\x00"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 4096
 BYTE_ORDER_MARK = 0x0102030405060708
 SUFFIX = ".mmstats"
@@ -80,8 +82,10 @@ MAX_TEXT_BYTES = 1 << 20
 # Cell record: type, size, metric id, thread slot, then the payload.
 CELL_FIXED = struct.Struct("=IIII")
 CELL_PAYLOAD = 16
-# Histogram payload: seq, count, sum, then one u64 per bucket.
-HIST_SEQ, HIST_COUNT, HIST_SUM, HIST_BUCKETS = 0, 1, 2, 3
+# Histogram payload: count, sum, then one u64 per bucket.  No sequence word:
+# the writer stores the bucket, then the sum, then the count, and a reader
+# takes a copy whose count equals the sum of its buckets (docs/FORMAT.md).
+HIST_COUNT, HIST_SUM, HIST_BUCKETS = 0, 1, 2
 # Text payload: seq, stamp, length, then the bytes.
 TEXT_SEQ, TEXT_STAMP, TEXT_LEN, TEXT_DATA = 0, 1, 2, 3
 
@@ -131,11 +135,26 @@ def bucket_count(lo: float, hi: float) -> int:
     return math.ceil(math.log(hi / lo) / LOG_GAMMA) + 2
 
 
-def bucket_index(lo: float, value: float, nbuckets: int = 1 << 30) -> int:
-    """Return the bucket of ``value`` (the writer inlines the same sum)."""
-    if not value > lo:
-        return 0
-    return min(math.ceil(math.log(value / lo) / LOG_GAMMA), nbuckets - 1)
+@functools.cache
+def bucket_bounds(lo: float, nbuckets: int) -> tuple[float, ...]:
+    """Return the upper bound of every bucket but the last, which has none.
+
+    Bound k is ``lo * GAMMA**k``, the same float the reader computes for
+    the top of bucket k.
+    """
+    return tuple(lo * GAMMA**k for k in range(nbuckets - 1))
+
+
+def bucket_index(lo: float, value: float, nbuckets: int = 0) -> int:
+    """Return the bucket of ``value``: the first whose bound is not below it.
+
+    The writer bisects the same bounds.  ``nbuckets`` defaults to the
+    scheme that starts at ``lo``.
+    """
+    if not nbuckets:
+        hi = SECONDS_RANGE[1] if lo == SECONDS_RANGE[0] else COUNT_RANGE[1]
+        nbuckets = bucket_count(lo, hi)
+    return bisect.bisect_left(bucket_bounds(lo, nbuckets), value)
 
 
 def round8(n: int) -> int:

@@ -20,9 +20,9 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from . import _format as F
 from ._archive import ARCHIVE_NAME, Archive, load_archive
@@ -794,27 +794,44 @@ def _stable(
     """Copy bytes ``start:end`` of a record guarded by a sequence word.
 
     Returns the copy, the sequence value and whether the copy is
-    consistent: the sequence was even and unchanged across the copy.  A
-    live writer is waited for (up to RECORD_WAIT, within the read's
-    patience); a dead one never moves.
+    consistent: the sequence was even and unchanged across the copy.
+    """
+
+    def copy() -> tuple[tuple[bytes, int], bool]:
+        before = q[seq_word]
+        data = bytes(b[start:end])  # one memcpy: short, so rarely raced
+        return (data, before), not before & 1 and q[seq_word] == before
+
+    (data, before), settled = _settle(copy, live, patience)
+    return data, before, settled
+
+
+_T = TypeVar("_T")
+
+
+def _settle(
+    copy: Callable[[], tuple[_T, bool]], live: bool, patience: _Patience
+) -> tuple[_T, bool]:
+    """Call ``copy`` until it says its copy is consistent; return the last.
+
+    A live writer is waited for (up to RECORD_WAIT, within the read's
+    patience); a dead one never moves, so it gets one try.
     """
     started = deadline = 0.0
     tries = 0
     while True:
-        before = q[seq_word]
-        data = bytes(b[start:end])  # one memcpy: short, so rarely raced
-        settled = not before & 1 and q[seq_word] == before
+        got, settled = copy()
         if settled or not live:
             if started:
                 patience.spend(time.monotonic() - started)
-            return data, before, settled
+            return got, settled
         now = time.monotonic()
         if not started:
             started = now
             deadline = now + min(RECORD_WAIT, patience.left())
         elif now > deadline:
             patience.spend(now - started)
-            return data, before, False
+            return got, False
         # Yield at first; then sleep, so that a writer waiting for a CPU
         # (a busy machine) gets it rather than the reader spinning.
         tries += 1
@@ -1083,7 +1100,7 @@ def _collect_series(
         elif kind == F.KIND_GAUGE:
             values[mid] = values.get(mid, 0.0) + d[word]
         elif kind == F.KIND_HISTOGRAM:
-            hist = _read_histogram(meta, b, q, word, size, live, patience)
+            hist = _read_histogram(meta, b, q, d, word, size, live, patience)
             if mid in values:
                 values[mid].merge(hist)
             else:
@@ -1114,6 +1131,7 @@ def _read_histogram(
     meta: dict[str, Any],
     b: Any,
     q: Any,
+    d: Any,
     word: int,
     size: int,
     live: bool,
@@ -1124,16 +1142,37 @@ def _read_histogram(
         raise ValueError("histogram cell is shorter than its buckets")
     start = (word + F.HIST_BUCKETS) * 8
     end = start + 8 * n
-    # The common case in one go: the buckets straight into one integer
-    # between two equal, even reads of the sequence word.
-    before = q[word]
+    # The common case in one go: count, sum, the buckets as one integer,
+    # count again.  The copy is whole when both counts equal the sum of the
+    # buckets (see docs/FORMAT.md), which for buckets below 2**48 is the
+    # integer's remainder by 2**64 - 1.
+    count = q[word + F.HIST_COUNT]
+    sum_value: float = d[word + F.HIST_SUM]
     packed = int.from_bytes(b[start:end], F.NATIVE_ORDER)
-    sum_value: float = _DOUBLE.unpack_from(b, (word + F.HIST_SUM) * 8)[0]
-    if not before & 1 and q[word] == before and not packed & _high_bits(n):
-        return HistogramValue.from_packed(meta, packed, sum_value)
-    data, _, _ = _stable(b, q, word, word * 8, end, live, patience)
-    sum_value = _DOUBLE.unpack_from(data, 8 * F.HIST_SUM)[0]
-    return HistogramValue.from_words(meta, data[8 * F.HIST_BUCKETS :], sum_value)
+    if (
+        n < _DIGIT_SUM_MAX
+        and not packed & _high_bits(n)
+        and q[word + F.HIST_COUNT] == count == packed % _DIGIT_MODULUS
+    ):
+        hist = HistogramValue.from_packed(meta, packed, sum_value)
+        hist.count = count
+        return hist
+
+    def copy() -> tuple[tuple[float, bytes], bool]:
+        # In this order: the writer stores bucket, sum, count, so a sum
+        # that already holds an observation the count does not has its
+        # bucket in the copy taken after it, and the check below fails.
+        count = q[word + F.HIST_COUNT]
+        sum_value = d[word + F.HIST_SUM]
+        raw = bytes(b[start:end])
+        total = sum(memoryview(raw).cast("q"))
+        return (sum_value, raw), count == q[word + F.HIST_COUNT] == total
+
+    # The buckets are the truth for the count: equal to the count word in a
+    # consistent copy, and still right when a writer was killed between its
+    # stores (or never let go for 0.5 s).
+    (sum_value, raw), _ = _settle(copy, live, patience)
+    return HistogramValue.from_words(meta, raw, sum_value)
 
 
 @functools.lru_cache(maxsize=256)

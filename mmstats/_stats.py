@@ -4,15 +4,17 @@ Each series keeps, per thread, a reference to that thread's own cell in the
 stats file, so an update is a few stores into shared memory: no lock and no
 system call.  The cell is found through a ``threading.local``; a thread's
 first update (and the first after a fork) allocates it under the writer's
-lock.
+lock.  Counters, and the count and sum of histograms, also have a private
+copy in the thread: it is the cell's only writer, so an update adds to the
+copy and stores the result, without loading the word from the file first.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LABEL_LIMIT = 100
 DEFAULT_TEXT_BYTES = 256
 OVERFLOW = "_overflow"
-_INV_LOG_GAMMA = 1.0 / F.LOG_GAMMA
 
 _stamps = itertools.count(1)  # next() is atomic under the GIL
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -113,29 +114,44 @@ class _Series:
                 return cell
 
 
+class _CounterCell:
+    """A thread's counter cell: a one-word view and the value it holds."""
+
+    __slots__ = ("view", "total")
+
+    def __init__(self, cell: Any) -> None:
+        self.view = cell.q[cell.word : cell.word + 1]
+        # Read once, when the thread takes the cell: a cell handed over by
+        # an ended thread keeps counting from where that thread left it.
+        self.total: int = self.view[0]
+
+
 class CounterSeries(_Series):
     """An integer that only goes up."""
 
     kind = F.KIND_COUNTER
     __slots__ = ()
 
-    def _bind(self) -> tuple[Any, int]:
+    def _bind(self) -> _CounterCell:
         # The thread-local is taken first: if the file is replaced meanwhile,
         # the binding goes to the old one, which nothing reads any more.
         tl = self._tl
-        cell = self._cell()
-        tl.cell = bound = (cell.q, cell.word)
+        tl.cell = bound = _CounterCell(self._cell())
         return bound
 
     def incr(self, n: int = 1) -> None:
         """Add ``n`` (a non-negative integer) to the counter."""
         try:
-            q, i = self._tl.cell
+            bound = self._tl.cell
         except AttributeError:
-            q, i = self._bind()
+            bound = self._bind()
         if n < 0:
             raise ValueError(f"Counter {self.name!r} cannot decrease: incr({n!r})")
-        q[i] += n
+        total = bound.total + n
+        # The store goes first: a total it refuses (not an integer, past
+        # 2**63 - 1) leaves the private copy as it was.
+        bound.view[0] = total
+        bound.total = total
 
 
 class GaugeSeries(_Series):
@@ -189,7 +205,7 @@ class HistogramSeries(_Series):
     """Counts of observations in log-scaled buckets, with their sum."""
 
     kind = F.KIND_HISTOGRAM
-    __slots__ = ("_lo", "_inv_lo", "_top")
+    __slots__ = ("_bounds", "_words")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -202,38 +218,42 @@ class HistogramSeries(_Series):
             "nbuckets": nbuckets,
             "flags": F.FLAG_INTEGER if integer else 0,
         }
-        self._payload = 8 * (F.HIST_BUCKETS + nbuckets)
-        self._lo = lo
-        self._inv_lo = 1.0 / lo
-        self._top = nbuckets - 1
+        self._words = F.HIST_BUCKETS + nbuckets
+        self._payload = 8 * self._words
+        self._bounds = F.bucket_bounds(lo, nbuckets)
 
-    def _bind(self) -> tuple[Any, Any, int]:
+    def _bind(self) -> tuple[Any, Any, list[Any]]:
         tl = self._tl
         cell = self._cell()
-        tl.cell = bound = (cell.q, cell.d, cell.word)
+        start, end = cell.word, cell.word + self._words
+        q, d = cell.q[start:end], cell.d[start:end]
+        # The thread's copy of the count and the sum, read once when it takes
+        # the cell (an ended thread may have handed it over).
+        totals: list[Any] = [q[F.HIST_COUNT], d[F.HIST_SUM]]
+        tl.cell = bound = (q, d, totals)
         return bound
 
-    def observe(
-        self, value: float, _log: Any = math.log, _ceil: Any = math.ceil
-    ) -> None:
+    def observe(self, value: float, _bisect: Any = bisect.bisect_left) -> None:
         """Record one observation of ``value``."""
         try:
-            q, d, i = self._tl.cell
+            q, d, totals = self._tl.cell
         except AttributeError:
-            q, d, i = self._bind()
-        if value > self._lo:
-            k = _ceil(_log(value * self._inv_lo) * _INV_LOG_GAMMA)
-            if k > self._top:
-                k = self._top
-        else:
-            k = 0
-        # Sequence counter: odd while the record changes, so a reader that
-        # sees it odd, or changed across its copy, copies again.
-        q[i] += 1
-        q[i + 1] += 1
-        d[i + 2] += value
-        q[i + 3 + k] += 1
-        q[i] += 1
+            q, d, totals = self._bind()
+        k = _bisect(self._bounds, value) + 2  # bucket 0 is word 2
+        total = totals[1] + value
+        # Bucket, then sum, then count (words k, 1 and 0): a reader takes a
+        # copy only when its count equals the sum of its buckets, so it never
+        # pairs a sum with buckets of another moment (docs/FORMAT.md).
+        q[k] += 1
+        try:
+            d[1] = total
+        except BaseException:
+            q[k] -= 1  # a sum that is no float: as if never called
+            raise
+        totals[1] = total
+        count = totals[0] + 1
+        q[0] = count
+        totals[0] = count
 
     def time(self) -> _Timer:
         """Time a block (``with h.time():``) or a function (``@h.time()``)."""
@@ -457,6 +477,29 @@ class Stats:
     private per-user default; the file is created on the first write.
     """
 
+    _fields: ClassVar[dict[str, _Field]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Collect the declared fields, and take the subclass's own off it.
+
+        Each instance sets its series under the fields' names.  Left on the
+        class, a field would sit behind every ``stats.done`` lookup, and
+        CPython 3.11 does not specialise an instance attribute load that a
+        class attribute of a Python class shadows: the load would cost
+        about four times a plain one on every write.
+        """
+        super().__init_subclass__(**kwargs)
+        fields: dict[str, _Field] = {}
+        for klass in reversed(cls.__mro__):
+            fields.update(vars(klass).get("_fields", {}))
+            for attr, value in vars(klass).items():
+                if isinstance(value, _Field):
+                    fields[attr] = value
+        for attr, value in list(vars(cls).items()):
+            if isinstance(value, _Field):
+                delattr(cls, attr)
+        cls._fields = fields
+
     def __init__(
         self,
         directory: str | os.PathLike[str] | None = None,
@@ -469,10 +512,8 @@ class Stats:
         self._writer = get_writer(directory, name)
         self._registry = _registry(self._writer)
         self._label_limit = label_limit
-        for cls in reversed(type(self).__mro__):
-            for attr, value in vars(cls).items():
-                if isinstance(value, _Field):
-                    setattr(self, attr, value.make(self, attr))
+        for attr, field in self._fields.items():
+            setattr(self, attr, field.make(self, attr))
 
     @property
     def path(self) -> str | None:

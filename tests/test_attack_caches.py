@@ -115,7 +115,7 @@ def _hist(mid: int, buckets: dict[int, int], n: int, tslot: int = 0) -> bytes:
     words = [0] * n
     for k, c in buckets.items():
         words[k] = c
-    head = struct.pack("=QQd", 2, sum(buckets.values()) % 2**64, 1.5)
+    head = struct.pack("=Qd", sum(buckets.values()) % 2**64, 1.5)  # count, sum
     body = b"".join((w % 2**64).to_bytes(8, F.NATIVE_ORDER) for w in words)
     return _cell(mid, head + body, tslot)
 

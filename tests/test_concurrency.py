@@ -249,3 +249,29 @@ def test_reused_pid_with_another_start_time_is_dead(stats_dir: Path) -> None:
     copy.write_bytes(data)
     os.chmod(copy, 0o600)
     assert mmstats.read_file(copy).state == "dead"
+
+
+def test_thread_taking_over_an_ended_threads_cells_continues_them(
+    stats_dir: Path,
+) -> None:
+    """Threads run one after another share one thread slot: each takes over
+    the cells the ended one left (its ident may be the ended one's or not)
+    and counts on from their values, so nothing is lost or counted twice (#2)."""
+    stats = mmstats.Stats(stats_dir, "handover")
+    counter = stats.counter("hits")
+    hist = stats.histogram("sizes", unit="bytes")
+
+    def work(k: int) -> None:
+        counter.incr(k)
+        hist.observe(0.5 if k % 2 else 2.0)
+
+    for k in range(1, 201):
+        thread = threading.Thread(target=work, args=(k,))
+        thread.start()
+        thread.join()
+
+    worker = mmstats.read_file(stats.path or "")
+    assert worker.value("hits") == sum(range(1, 201))
+    sizes = worker.value("sizes")
+    assert (sizes.count, sizes.sum) == (200, 100 * 0.5 + 100 * 2.0)
+    assert stats._writer.next_thread_slot == 1

@@ -58,6 +58,7 @@ KILLABLE = textwrap.dedent(
     """
     import itertools, os, signal, sys, threading, time
     import mmstats
+    from mmstats import _format as F
     from mmstats import _writer
 
     mode, directory = sys.argv[1], sys.argv[2]
@@ -110,17 +111,18 @@ KILLABLE = textwrap.dedent(
                 ready()
         time.sleep(600)
 
-    elif mode == "torn":
-        # Killed between the first and the last store of an observation.
+    elif mode in ("torn-bucket", "torn-sum"):
+        # Killed between the stores of an observation of 0.5: after its
+        # bucket, or after its bucket and sum; the count is never reached.
         stats = mmstats.Stats(directory, "torn")
         stats.counter("hits").incr(5)
         hist = stats.histogram("sizes", unit="bytes")
         for _ in range(3):
             hist.observe(2.0)
-        q, d, i = hist._tl.cell
-        q[i] += 1  # the sequence goes odd
-        q[i + 1] += 1  # count
-        d[i + 2] += 0.5  # sum; the bucket is never reached
+        q, d, _totals = hist._tl.cell
+        q[F.HIST_BUCKETS + F.bucket_index(0.5, 0.5)] += 1
+        if mode == "torn-sum":
+            d[F.HIST_SUM] += 0.5
         ready()
         die()
 
@@ -338,10 +340,10 @@ class TestKill:
             assert hist.count >= seen_count
             assert hist.count == sum(hist.buckets.values())
             halves, twos = hist.buckets.get(half, 0), hist.buckets.get(two, 0)
-            # A kill mid-observation may leave its value in the sum only, in
-            # each thread's cell.
+            # A kill mid-observation may leave it in the buckets but not yet
+            # in the sum, in each thread's cell.
             cut = hist.sum - (0.5 * halves + 2.0 * twos)
-            assert cut in (0.0, 0.5, 2.0, 1.0, 2.5, 4.0)
+            assert cut in (0.0, -0.5, -2.0, -1.0, -2.5, -4.0)
             label = worker.value("label")
             assert label is None or label[8:] == "x" * (int(label[:8]) % 47)
 
@@ -350,20 +352,26 @@ class TestKill:
         assert counted(stats_dir) == before
         check_neighbour(neighbour)
 
+    @pytest.mark.parametrize(
+        ("mode", "total"), [("torn-bucket", 6.0), ("torn-sum", 6.5)]
+    )
     def test_observation_cut_by_a_kill_is_read_from_its_buckets(
-        self, killable: Path, stats_dir: Path
+        self, killable: Path, stats_dir: Path, mode: str, total: float
     ) -> None:
-        """A histogram left with an odd sequence by a kill reads its count from
-        the buckets: the three finished observations, not the cut one."""
-        proc = Proc(killable, "torn", stats_dir)
+        """A histogram whose count a kill left short of its buckets reads its
+        count from the buckets, the cut observation included, at once; the
+        sum holds the cut value only if it was stored before the kill (#2)."""
+        proc = Proc(killable, mode, stats_dir)
         proc.wait()
+        started = time.monotonic()
         worker = mmstats.read_file(proc.file(stats_dir))
 
+        assert time.monotonic() - started < 0.4  # a dead writer gets one try
         assert worker.state == "dead"
         assert worker.value("hits") == 5
         hist = worker.value("sizes")
-        assert hist.count == 3 and sum(hist.buckets.values()) == 3
-        assert hist.sum == 6.5  # the sum word was written before the kill
+        assert hist.count == 4 and sum(hist.buckets.values()) == 4
+        assert hist.sum == total
 
     @pytest.mark.parametrize("mode", ["grown", "growing"])
     def test_worker_killed_mid_growth_leaves_every_published_series(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,9 +22,9 @@ GOLDEN = Path(__file__).parent / "golden"
 
 class TestGolden:
     def test_golden_file_reads_to_its_pinned_values(self) -> None:
-        """Format 1's golden file gives these exact values (docs/FORMAT.md)."""
-        worker = mmstats.read_file(GOLDEN / "v1.mmstats")
-        assert (worker.pid, worker.version, worker.state) == (12345, 1, "closed")
+        """Format 2's golden file gives these exact values (docs/FORMAT.md)."""
+        worker = mmstats.read_file(GOLDEN / "v2.mmstats")
+        assert (worker.pid, worker.version, worker.state) == (12345, 2, "closed")
         assert worker.hostname == "golden-host"
         assert worker.command == "gunicorn: worker [golden]"
         assert worker.name == "golden"
@@ -68,7 +70,48 @@ class TestGolden:
             check=True,
             timeout=60,
         )
-        assert out.read_bytes() == (GOLDEN / "v1.mmstats").read_bytes()
+        assert out.read_bytes() == (GOLDEN / "v2.mmstats").read_bytes()
+
+    def test_histogram_cell_is_count_sum_then_buckets(self) -> None:
+        """A histogram cell read by the documented offsets alone: u64 count,
+        f64 sum, then one u64 per bucket, and no sequence word (#2)."""
+        data = (GOLDEN / "v2.mmstats").read_bytes()
+        metrics: dict[int, str] = {}
+        cells: dict[str, bytes] = {}
+        off = F.HEADER_SIZE
+        used = int.from_bytes(data[F.H_USED : F.H_USED + 8], sys.byteorder)
+        while off < used:
+            rtype, rsize = struct.unpack_from("=II", data, off)
+            if rtype == 1:
+                mid = struct.unpack_from("=I", data, off + 8)[0]
+                blen = struct.unpack_from("=I", data, off + 44)[0]
+                metrics[mid] = json.loads(data[off + 48 : off + 48 + blen])["name"]
+            elif rtype == 2:
+                mid = struct.unpack_from("=I", data, off + 8)[0]
+                cells[metrics[mid]] = data[off + 16 : off + rsize]
+            off += rsize
+
+        runtime = cells["runtime"]
+        count, total = struct.unpack_from("=Qd", runtime)
+        buckets = struct.unpack_from(f"={len(runtime) // 8 - 2}Q", runtime, 16)
+        assert (count, total) == (5, 7201.753002)
+        assert len(buckets) == 332
+        assert {k: n for k, n in enumerate(buckets) if n} == {
+            10: 1,
+            105: 1,
+            162: 1,
+            185: 1,
+            295: 1,
+        }
+
+    def test_file_of_format_1_is_refused_by_name(self) -> None:
+        """A version 1 file (its histograms had a sequence word) is refused
+        with the one-line newer/older error, not misread (#2)."""
+        with pytest.raises(
+            mmstats.UnsupportedVersionError,
+            match=r"v1\.mmstats: has format version 1, older than this reader's 2",
+        ):
+            mmstats.read_file(GOLDEN / "v1.mmstats")
 
     def test_header_offsets_match_the_documented_layout(self) -> None:
         """Offsets are 8-byte aligned and the header fits its 4096 bytes."""

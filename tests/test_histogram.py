@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import mmstats
+from mmstats import _format as F
 
 
 def exact_quantile(values: list[float], q: float) -> float:
@@ -82,3 +87,131 @@ def test_histograms_of_workers_and_threads_merge_exactly(stats_dir: Path) -> Non
     assert merged.buckets == reference.buckets
     assert merged.count == reference.count == 4000
     assert merged.sum == pytest.approx(reference.sum, rel=1e-12)
+
+
+class TestConsistentReads:
+    """Readers take a histogram cell only whole: count, sum and buckets of
+    the same observations (docs/FORMAT.md, "Reading consistently")."""
+
+    def test_reader_waits_for_an_observation_in_flight(self, stats_dir: Path) -> None:
+        """A live cell whose bucket is stored but not yet its sum and count is
+        not read as it stands: the reader waits for the count store (#2)."""
+        stats = mmstats.Stats(stats_dir, "inflight")
+        hist = stats.histogram("sizes", unit="bytes")
+        for _ in range(3):
+            hist.observe(2.0)
+        q, d, _words = hist._tl.cell
+        q[F.HIST_BUCKETS + F.bucket_index(0.5, 0.5)] += 1
+
+        def finish() -> None:
+            d[F.HIST_SUM] += 0.5
+            q[F.HIST_COUNT] += 1
+
+        timer = threading.Timer(0.1, finish)
+        timer.start()
+        try:
+            started = time.monotonic()
+            read = mmstats.read_file(stats.path or "").value("sizes")
+            waited = time.monotonic() - started
+        finally:
+            timer.join()
+        assert (read.count, read.sum) == (4, 6.5)
+        assert waited >= 0.05
+
+    def test_refused_value_leaves_the_cell_whole(self, stats_dir: Path) -> None:
+        """A value whose sum is no number raises and changes nothing: the
+        bucket stored before the sum is taken back, so reads stay prompt
+        and exact (#2)."""
+
+        class NoSum:
+            def __lt__(self, other: object) -> bool:
+                return False
+
+            def __gt__(self, other: object) -> bool:
+                return False
+
+            def __radd__(self, other: object) -> object:
+                return object()
+
+        stats = mmstats.Stats(stats_dir, "nosum")
+        hist = stats.histogram("t")
+        hist.observe(0.25)
+        with pytest.raises(TypeError):
+            hist.observe(NoSum())  # type: ignore[arg-type]
+        hist.observe(0.5)
+        started = time.monotonic()
+        read = mmstats.read_file(stats.path or "").value("t")
+        assert time.monotonic() - started < 0.25
+        assert (read.count, read.sum) == (2, 0.75)
+        assert sum(read.buckets.values()) == 2
+
+    def test_forked_writers_and_a_polling_reader_agree_exactly(
+        self, stats_dir: Path
+    ) -> None:
+        """Two forked workers, two threads each, observe flat out while this
+        process reads their files in a loop: every read has a sum that
+        matches its buckets and a count that never goes back, and the final
+        counts are exact (#2)."""
+        per_thread = 150_000
+        values = (0.5, 2.0, 8.0)  # three buckets; every sum is exact
+        stats = mmstats.Stats(stats_dir, "forked")
+        hist = stats.histogram("sizes", unit="bytes")
+        buckets = [F.bucket_index(0.5, v) for v in values]
+        assert len(set(buckets)) == 3
+
+        def child() -> None:
+            def work() -> None:
+                for i in range(per_thread):
+                    hist.observe(values[i % 3])
+
+            threads = [threading.Thread(target=work) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    child()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+
+        seen: dict[str, int] = {}
+        counts: set[int] = set()
+        reads = 0
+        running = set(pids)
+        try:
+            while running:
+                for w in mmstats.read_directory(stats_dir).workers:
+                    got = w.value("sizes")
+                    if got is None:
+                        continue
+                    parts = [got.buckets.get(k, 0) for k in buckets]
+                    assert got.count == sum(parts) == sum(got.buckets.values())
+                    weighted = zip(values, parts, strict=True)
+                    assert got.sum == sum(v * n for v, n in weighted)
+                    assert got.count >= seen.get(w.path, 0)
+                    seen[w.path] = got.count
+                    counts.add(got.count)
+                    reads += 1
+                for pid in list(running):
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        running.discard(pid)
+                        assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            for pid in running:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+        finals = [w.value("sizes") for w in mmstats.read_directory(stats_dir).workers]
+        assert [f.count for f in finals] == [2 * per_thread] * 2
+        for f in finals:
+            assert [f.buckets[k] for k in buckets] == [2 * per_thread // 3] * 3
+        assert reads > 10 and len(counts) > 5  # the reads raced the writers

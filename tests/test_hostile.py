@@ -162,7 +162,10 @@ def bad_directory(directory: Path) -> tuple[dict[str, int], dict[str, str]]:
     plant("cut.1.a.mmstats", data[: (F.HEADER_SIZE + used) // 2], "used length")
     plant("header-only.1.a.mmstats", data[:4000], "shorter than the 4096-byte")
     plant("magic.1.a.mmstats", b"NOTMMSTA" + data[8:], "no mmstats magic")
-    for name, version, word in (("older", 0, "older"), ("newer", 2, "newer")):
+    for name, version, word in (
+        ("older", 0, "older"),
+        ("newer", F.VERSION + 1, "newer"),
+    ):
         versioned = bytearray(data)
         set_bytes(versioned, F.H_VERSION, "I", version)
         plant(f"{name}.1.a.mmstats", bytes(versioned), f"{word} than this reader's")
@@ -372,18 +375,21 @@ class TestBadFiles:
     def test_a_file_that_only_claims_to_be_live_cannot_stall_a_reader(
         self, stats_dir: Path
     ) -> None:
-        """Copies of a live worker's file with every sequence left odd (as if
-        its writer were always mid-update): a scan gives up waiting within
-        its bounds, however many such files there are."""
+        """Copies of a live worker's file with every text sequence left odd
+        and every histogram count short of its buckets (as if its writer
+        were always mid-update): a scan gives up waiting within its bounds,
+        however many such files there are."""
         stats = mmstats.Stats(stats_dir, "live")
         for i in range(20):
             stats.histogram(f"h{i}").observe(1.0)
             stats.text(f"t{i}").set("x")
         data = bytearray(Path(stats.path or "").read_bytes())
         for off, rtype, _size in records(bytes(data)):
-            if rtype == F.R_CELL:  # word 0: the sequence (a counter's value)
-                seq = off + F.CELL_PAYLOAD
-                set_bytes(data, seq, "Q", struct.unpack_from("=Q", data, seq)[0] | 1)
+            if rtype == F.R_CELL:
+                # Word 0 is a text's sequence (2, made 3: odd) or a
+                # histogram's count (1, made 0: short of its one bucket).
+                word = off + F.CELL_PAYLOAD
+                set_bytes(data, word, "Q", struct.unpack_from("=Q", data, word)[0] ^ 1)
         for i in range(10):
             (stats_dir / f"frozen.{i}.x.mmstats").write_bytes(bytes(data))
 

@@ -81,7 +81,7 @@ class TestBadFiles:
         assert "shorter than the 4096-byte header" in bad["short.1.a.mmstats"]
         assert "no mmstats magic" in bad["magic.1.a.mmstats"]
         assert (
-            "format version 2, newer than this reader's 1" in bad["newer.1.a.mmstats"]
+            "format version 3, newer than this reader's 2" in bad["newer.1.a.mmstats"]
         )
         assert "format version 0, older" in bad["older.1.a.mmstats"]
         assert "used length" in bad["huge.1.a.mmstats"]

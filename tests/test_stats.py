@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import mmstats
+from mmstats import _format as F
 
 
 class JobStats(mmstats.Stats):
@@ -98,6 +99,48 @@ class TestFields:
         stats = mmstats.Stats(stats_dir, "float")
         with pytest.raises(TypeError):
             stats.counter("c").incr(1.5)  # type: ignore[arg-type]
+
+    def test_fields_of_subclasses_and_mixins_are_all_made(
+        self, stats_dir: Path
+    ) -> None:
+        """Fields come from every class of the model: a subclass adds to and
+        redeclares its base's, a plain mixin's count too, and each instance
+        holds its own series (#2)."""
+
+        class Common:
+            started = mmstats.Counter("Jobs started")
+
+        class MoreStats(Common, JobStats):
+            done = mmstats.Gauge("Redeclared: the subclass wins")
+            failed = mmstats.Counter("Jobs failed")
+
+        stats = MoreStats(stats_dir, "more")
+        other = MoreStats(stats_dir, "more")
+        stats.started.incr(2)
+        stats.failed.incr()
+        stats.done.set(1.5)
+        stats.queue.set(4)
+        assert stats.started is other.started  # one series per name and file
+        assert not hasattr(MoreStats, "failed")  # on the instance only
+        worker = only_worker(stats_dir)
+        assert worker.value("started") == 2
+        assert worker.value("failed") == 1
+        assert worker.find("done").kind == "gauge"
+        assert worker.value("done") == 1.5
+        assert worker.value("queue") == 4
+
+    def test_refused_increment_changes_nothing(self, stats_dir: Path) -> None:
+        """An increment the file cannot hold (a float, a total past 2**63 - 1)
+        raises and leaves the counter counting on from its value (#2)."""
+        stats = mmstats.Stats(stats_dir, "refused")
+        counter = stats.counter("c")
+        counter.incr(5)
+        with pytest.raises(TypeError):
+            counter.incr(1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="invalid value"):
+            counter.incr(2**63)
+        counter.incr(2)
+        assert only_worker(stats_dir).value("c") == 7
 
     def test_same_name_other_kind_is_refused(self, stats_dir: Path) -> None:
         """One name is one kind of metric in a file."""
@@ -217,7 +260,7 @@ class TestFiles:
         assert worker.pid == os.getpid()
         assert worker.hostname == os.uname().nodename
         assert worker.state == "alive"
-        assert worker.version == 1
+        assert worker.version == F.VERSION == 2
         assert worker.name == "header"
         assert "python" in worker.command or "pytest" in worker.command
         assert 0 < worker.start_time <= worker.created
