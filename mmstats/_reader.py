@@ -1166,7 +1166,11 @@ def _read_histogram(
         sum_value = d[word + F.HIST_SUM]
         raw = bytes(b[start:end])
         total = sum(memoryview(raw).cast("q"))
-        return (sum_value, raw), count == q[word + F.HIST_COUNT] == total
+        # One writer per cell: an observation under way shows as one more in
+        # the buckets than in the count, and is worth waiting for.  Any other
+        # difference with a count that stands still is damage, which no wait
+        # mends: the copy is taken as it is.
+        return (sum_value, raw), count == q[word + F.HIST_COUNT] != total - 1
 
     # The buckets are the truth for the count: equal to the count word in a
     # consistent copy, and still right when a writer was killed between its
