@@ -904,8 +904,11 @@ class _Selection(NamedTuple):
 _layouts: dict[str, tuple[tuple[Any, ...], _Layout]] = {}
 # Records already walked are walked again from the start this often, so a
 # file edited in place by something other than its writer is seen as it is
-# within this time (writers only ever append).
-REWALK_SECONDS = 10.0
+# within this time (writers only ever append).  Dead and closed workers,
+# also known by their size and change times, are read again less often:
+# a scrape every 15 s must not read a thousand dead files every time.
+REWALK_SECONDS = 60.0
+REREAD_FINAL_SECONDS = 600.0
 _LAYOUTS_MAX = 4096
 
 
@@ -1589,13 +1592,14 @@ def _cached_final(
 
     Such a file has no writer left; the same inode with the same change
     time and size is the same content.  It is read again all the same
-    every REWALK_SECONDS, for edits in place within a timestamp's tick.
+    every REREAD_FINAL_SECONDS, for edits in place within a timestamp's
+    tick.
     """
     kind = _finals.get((rings, names))
     entry = kind.get(path) if kind is not None else None
     if entry is None:
         return None
-    if identity != entry[0] or time.monotonic() - entry[2] > REWALK_SECONDS:
+    if identity != entry[0] or time.monotonic() - entry[2] > REREAD_FINAL_SECONDS:
         if kind is not None and kind.pop(path, None) is not None:
             _final_workers.pop(id(entry[1]), None)
         _layouts.pop(path, None)  # written again: its records too

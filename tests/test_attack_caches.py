@@ -293,7 +293,8 @@ def test_records_changed_after_a_read_read_as_a_fresh_reader_does(
 ) -> None:
     """Bytes of records already seen change in place (same inode, same
     header), which writers never do.  A long-running reader keeps what it
-    walked for at most REWALK_SECONDS; then it reads the file as a fresh
+    walked for at most REWALK_SECONDS (REREAD_FINAL_SECONDS for a dead
+    file); then it reads the file as a fresh
     reader does: new names, values under the other metric, or the file
     refused as corrupt.  Meanwhile nothing escapes and the other files
     read right."""
@@ -309,6 +310,7 @@ def test_records_changed_after_a_read_read_as_a_fresh_reader_does(
     within = mmstats.read_directory(stats_dir)  # within REWALK_SECONDS
     assert [w for w in within.workers if w.path == os.fspath(other)]
     monkeypatch.setattr(_reader, "REWALK_SECONDS", -1.0)
+    monkeypatch.setattr(_reader, "REREAD_FINAL_SECONDS", -1.0)
     assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
 
 
