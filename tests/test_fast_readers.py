@@ -331,3 +331,17 @@ def test_cells_with_edge_spaces_print_as_rich_prints_them(cell: str) -> None:
     grid.add_row(cell, cell)
     grid.add_row("x" * 9, "y" * 9)
     assert _render(grid, 80, False) == _render(grid.to_table(), 80, False)
+
+
+def test_fresh_caches_read_cold_and_put_back_what_was_kept(
+    populated: Workers,
+) -> None:
+    warm = mmstats.read_directory(populated.directory)
+    kept = dict(_reader._layouts)
+    assert kept
+    with _reader.fresh_caches():
+        assert not _reader._layouts
+        cold = mmstats.read_directory(populated.directory)
+        assert _reader._layouts
+    assert _reader._layouts == kept
+    assert [w.series for w in cold.workers] == [w.series for w in warm.workers]
