@@ -571,7 +571,9 @@ def json_command(
     names = None
     if metrics is not None:
         names = frozenset(n.strip() for n in metrics.split(",") if n.strip())
-    snapshot = read_directory(path, slow=slow_limit != 0, names=names)
+    snapshot = read_directory(
+        path, slow=True if slow_limit is None else slow_limit, names=names
+    )
     if names is not None or slow_limit is not None:
         snapshot = filtered(snapshot, names, slow_limit)
     if compact is None:

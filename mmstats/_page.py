@@ -156,7 +156,9 @@ def _build(
     slow: int | None,
 ) -> bytes:
     try:
-        snapshot = read_directory(directory, slow=slow != 0, names=names)
+        snapshot = read_directory(
+            directory, slow=True if slow is None else slow, names=names
+        )
         if names is not None or slow is not None:
             snapshot = filtered(snapshot, names, slow)
         return snapshot_json_text(snapshot).encode("ascii")

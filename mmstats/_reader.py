@@ -643,7 +643,7 @@ _PARSE_ERRORS = (
 
 
 def _read_file(
-    path: str, patience: _Patience, rings: bool = True, names: Names = None
+    path: str, patience: _Patience, rings: int | None = None, names: Names = None
 ) -> Worker:
     grown_to = 0
     for _attempt in range(3):
@@ -690,7 +690,7 @@ def _parse(
     size: int,
     grown_to: int,
     patience: _Patience,
-    rings: bool = True,
+    rings: int | None = None,
     names: Names = None,
     key: tuple[Any, ...] = (),
 ) -> Worker:
@@ -720,7 +720,7 @@ def _parse_views(
     size: int,
     grown_to: int,
     patience: _Patience,
-    rings: bool = True,
+    rings: int | None = None,
     names: Names = None,
     key: tuple[Any, ...] = (),
 ) -> Worker:
@@ -998,7 +998,7 @@ def _parse_records(
     d: Any,
     used: int,
     patience: _Patience,
-    rings: bool = True,
+    rings: int | None = None,
     names: Names = None,
     key: tuple[Any, ...] = (),
 ) -> None:
@@ -1006,9 +1006,9 @@ def _parse_records(
     layout = _layout(b, used, worker.path, key)
     for off, rsize in layout.slots:
         _parse_slot(worker, b, q, off, rsize, live, patience)
-    if rings:
+    if rings != 0:
         for off, rsize in layout.rings:
-            _parse_ring(worker, b, q, off, rsize, live, patience, layout.entries)
+            _parse_ring(worker, b, q, off, rsize, live, patience, layout.entries, rings)
     _collect_series(worker, layout.select(names), q, d, b, live, patience)
 
 
@@ -1293,6 +1293,7 @@ def _parse_ring(
     live: bool,
     patience: _Patience,
     known: dict[int, tuple[int, SlowEntry]] | None = None,
+    newest: int | None = None,
 ) -> None:
     """Add a slow ring's complete entries to the worker, newest first.
 
@@ -1306,7 +1307,12 @@ def _parse_ring(
     base = off + 16
     stride = entry_size // 8
     gens = q[base // 8 : base // 8 + capacity * stride : stride].tolist()[:capacity]
-    for i, gen in enumerate(gens):
+    if newest is None:
+        order: Iterable[int] = range(len(gens))
+    else:  # generations grow with each entry: the highest are the newest
+        order = sorted(range(len(gens)), key=gens.__getitem__, reverse=True)[:newest]
+    for i in order:
+        gen = gens[i]
         if gen == 0:
             continue
         start = base + i * entry_size
@@ -1580,14 +1586,16 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
 # reader keeps what it parsed of them, checked against the file's identity.
 # (rings read, names read) -> path -> (identity, worker), for a few kinds
 # of read at a time; the workers are also kept by id for aggregate().
-_finals: dict[tuple[bool, Names], dict[str, tuple[tuple[int, ...], Worker, float]]] = {}
+_finals: dict[
+    tuple[int | None, Names], dict[str, tuple[tuple[int, ...], Worker, float]]
+] = {}
 _final_workers: dict[int, Worker] = {}
 _FINALS_MAX = 20_000
 _FINAL_KINDS_MAX = 4
 
 
 def _cached_final(
-    path: str, identity: tuple[int, ...], rings: bool, names: Names
+    path: str, identity: tuple[int, ...], rings: int | None, names: Names
 ) -> Worker | None:
     """Return the worker of a dead or closed file read before, if unchanged.
 
@@ -1609,7 +1617,11 @@ def _cached_final(
 
 
 def _remember_final(
-    path: str, identity: tuple[int, ...], worker: Worker, rings: bool, names: Names
+    path: str,
+    identity: tuple[int, ...],
+    worker: Worker,
+    rings: int | None,
+    names: Names,
 ) -> None:
     if worker.state not in FINAL_STATES:
         return
@@ -1715,13 +1727,14 @@ def fresh_caches() -> Iterator[None]:
 def read_directory(
     directory: str | os.PathLike[str] | None = None,
     *,
-    slow: bool = True,
+    slow: bool | int = True,
     names: Iterable[str] | None = None,
 ) -> Snapshot:
     """Read every stats file of a directory and its archive.
 
     ``slow=False`` leaves the slow rings unread (``Worker.slow`` empty), for
-    readers that show no slow entries: a ring is most of a busy file.
+    readers that show no slow entries: a ring is most of a busy file; a
+    number N reads the newest N entries of each ring.
     ``names`` reads only the metrics of these names (all when None), for
     readers that show a few: a worker's values are then checked only as far
     as they are read.
@@ -1734,7 +1747,7 @@ def read_directory(
 
     :raises DirectoryError: the directory is missing or cannot be listed.
     """
-    rings = slow
+    rings = None if slow is True else max(0, int(slow))
     wanted: Names = None if names is None else frozenset(names)
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)

@@ -345,3 +345,14 @@ def test_fresh_caches_read_cold_and_put_back_what_was_kept(
         assert _reader._layouts
     assert _reader._layouts == kept
     assert [w.series for w in cold.workers] == [w.series for w in warm.workers]
+
+
+def test_reading_the_newest_entries_reads_those_of_a_full_read(
+    populated: Workers,
+) -> None:
+    full = mmstats.read_directory(populated.directory)
+    assert any(len(w.slow) > 1 for w in full.workers)
+    for n in (0, 1, 2, 1000):
+        some = mmstats.read_directory(populated.directory, slow=n)
+        for a, b in zip(full.workers, some.workers, strict=True):
+            assert b.slow == a.slow[:n]
