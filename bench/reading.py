@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import glob
 import io
+import json
+import math
 import os
 import shutil
 import struct
@@ -356,10 +358,12 @@ PAGE_METRICS = (
 def measure_page(directory: str, quick: bool) -> dict[str, Any]:
     """CPU of ``mmstats serve`` while tabs of the live page poll it.
 
-    Each tab asks for the document the page's script asks for (its metrics
-    and 100 slow entries per worker) every 2 s, starting at its own offset,
-    as open tabs do.  The server's CPU time comes from /proc/PID/stat,
-    counted over the polling only (after one warm-up request).
+    Each tab asks for the document the page's script asks for every 2 s,
+    starting at its own offset, as open tabs do: its metrics, and the newest
+    N entries of each slow ring, with N as the script sets it after its
+    first poll (400 / (workers + 1), from 10 to 100).  The server's CPU time
+    comes from /proc/PID/stat, counted over the polling only (after the
+    warm-up requests).
     """
     import threading
     import urllib.request
@@ -379,18 +383,22 @@ def measure_page(directory: str, quick: bool) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    url = f"http://127.0.0.1:{port}/api/json?metrics={PAGE_METRICS}&slow=100"
+    first = f"http://127.0.0.1:{port}/api/json?metrics={PAGE_METRICS}&slow=100"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=10) as answer:
-                    size = len(answer.read())
+                with urllib.request.urlopen(first, timeout=10) as answer:
+                    workers = len(json.loads(answer.read())["workers"])
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("mmstats serve did not answer") from None
                 time.sleep(0.1)
+        per_worker = min(100, max(10, math.ceil(400 / (workers + 1))))
+        url = first.replace("slow=100", f"slow={per_worker}")
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            size = len(answer.read())
         polls: list[int] = []
         failures: list[str] = []
         stop = threading.Event()
@@ -431,6 +439,7 @@ def measure_page(directory: str, quick: bool) -> dict[str, Any]:
         "polls": len(polls),
         "failures": failures[:5],
         "document_bytes": size,
+        "slow_per_worker": per_worker,
     }
 
 
