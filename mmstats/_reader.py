@@ -909,7 +909,7 @@ _layouts: dict[str, tuple[tuple[Any, ...], _Layout]] = {}
 # also known by their size and change times, are read again less often:
 # a scrape every 15 s must not read a thousand dead files every time.
 REWALK_SECONDS = 60.0
-REREAD_FINAL_SECONDS = 600.0
+REREAD_FINAL_SECONDS = 300.0
 _LAYOUTS_MAX = 4096
 
 
@@ -1640,6 +1640,18 @@ def _remember_final(
     _final_workers[id(worker)] = worker
 
 
+def _directory_stamp(path: str) -> tuple[int, ...]:
+    """Return what changes when a file of a directory is added or removed."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_stamps: dict[str, tuple[int, ...]] = {}  # a directory's stamp at its last scan
+
+
 def _identity(path: str) -> tuple[int, ...]:
     """Return what tells a file's content apart: inode, size, change times."""
     try:
@@ -1685,6 +1697,7 @@ def drop_caches() -> None:
     _final_workers.clear()
     _final_sums.clear()
     _listings.clear()
+    _stamps.clear()
     from . import _archive
     from ._report import forget_entry_texts
 
@@ -1693,6 +1706,7 @@ def drop_caches() -> None:
 
 
 _CACHES = (
+    "_stamps",
     "_metric_cache",
     "_layouts",
     "_finals",
@@ -1752,17 +1766,32 @@ def read_directory(
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
+        stamp = _directory_stamp(path)
         listing = _list_with_inodes(path)
         archive = load_archive(path)
         workers: list[Worker] = []
         bad: list[BadFile] = []
         vanished = False
         kept = _finals.get((rings, wanted), {})
-        for name, _inode in listing:
+        # No file was added, removed or renamed since the last scan: a dead
+        # file with the inode it had is the same file (edits in place wait
+        # for REREAD_FINAL_SECONDS).  Otherwise each one is looked at.
+        unchanged = bool(stamp) and _stamps.get(path) == stamp
+        now = time.monotonic()
+        prefix = os.path.join(path, "")
+        for name, inode in listing:
             if name in archive.folded:
                 continue  # folded into the archive by a clean that is finishing
-            full = os.path.join(path, name)
-            if full in kept:
+            full = prefix + name
+            entry = kept.get(full)
+            if entry is not None:
+                if (
+                    unchanged
+                    and entry[0][0] == inode
+                    and now - entry[2] <= REREAD_FINAL_SECONDS
+                ):
+                    workers.append(entry[1])
+                    continue
                 cached = _cached_final(full, _identity(full), rings, wanted)
                 if cached is not None:
                     workers.append(cached)
@@ -1781,6 +1810,17 @@ def read_directory(
         if not vanished:
             break
     # After five scans that a clean kept racing, the last view is used.
+    # Kept only when nothing changed while it was read, and not in the last
+    # 0.1 s: a change within the same tick of the file system's clock would
+    # leave the same times behind.
+    if (
+        stamp
+        and stamp == _directory_stamp(path)
+        and (time.time_ns() - max(stamp[1], stamp[2]) > 100_000_000)
+    ):
+        _stamps[path] = stamp
+    else:
+        _stamps.pop(path, None)
     names_now = frozenset(name for name, _ in listing)
     if _listings.get(path) != names_now:
         if path in _listings:

@@ -316,13 +316,14 @@ def test_records_changed_after_a_read_read_as_a_fresh_reader_does(
 
 @pytest.mark.parametrize("how", ["rewritten_in_place", "removed_and_recreated"])
 def test_a_dead_file_written_again_under_its_name_is_read_anew(
-    stats_dir: Path, how: str
+    stats_dir: Path, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The final-worker cache checks the inode number only.  A closed file
-    overwritten in place by another worker's file (another pid, created,
-    even a live one), or removed and created again (ext4 hands the same
-    inode number back at once; pytest's tmp_path is on ext4 here), keeps
-    showing the old closed worker."""
+    """A closed file removed and created again (ext4 hands the same inode
+    number back at once; pytest's tmp_path is on ext4 here) is read anew at
+    the next scan; one overwritten in place by another worker's file (which
+    changes nothing in the directory) within REREAD_FINAL_SECONDS."""
+    if how == "rewritten_in_place":
+        monkeypatch.setattr(_reader, "REREAD_FINAL_SECONDS", -1.0)
     target = stats_dir / "app.1.aaaa.mmstats"
     _write(target, [_metric(1, "n"), _counter(1, 1)])
     mmstats.read_directory(stats_dir)
