@@ -295,7 +295,7 @@ def filtered(
     def worker(w: Worker) -> Worker:
         kept, newest = series(w.series), entries(w.slow)
         if len(kept) == len(w.series) and len(newest) == len(w.slow):
-            return w  # the same object: readers keep sums of unchanging workers
+            return w  # the same object: sums of unchanging workers are kept
         return replace(w, series=kept, slow=newest)
 
     workers = [worker(w) for w in snapshot.workers]
