@@ -641,7 +641,7 @@ class GunicornServer:
                 time.sleep(0.2)
                 continue
             # Another server could have taken the port since it was checked.
-            if not body.startswith(b"hello from django_site"):
+            if b"# TYPE mmstats_" not in body:
                 raise DevError(f"{url} is not the example site; pass --port N.")
             return
         raise DevError(
