@@ -215,13 +215,22 @@ class Request:
     def ignore(self) -> None:
         """Leave this request out of the metrics (the stats endpoints' own).
 
-        Its slot is shown as idle from now on, so a page polling the app
-        does not show itself as a request in flight.
+        Its slot is shown as idle from now on and it leaves the in-flight
+        gauge, so a page or a scrape polling the app does not show itself as
+        a request in flight.
         """
+        if self.ignored:
+            return
         self.ignored = True
         slot = self._slot
         if slot is not None:
             slot.q[slot.word + F.S_STATE] = 0
+        # Nor as one in the in-flight gauge: taken back now, in the thread
+        # that counted it, and left alone by finish().
+        recorder = self._recorder
+        if self._token is not None and self._generation == recorder._writer.generation:
+            recorder.in_flight.decr()
+            self._generation = -1
 
     def set_exception(self, exception: BaseException) -> None:
         """Note the unhandled exception this request ended with."""

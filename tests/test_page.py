@@ -307,6 +307,10 @@ class TestMounts:
 
         totals = [{t["name"]: t["value"] for t in d["totals"]} for d in docs]
         assert [t["requests"] for t in totals] == [3, 3, 3]
+        # The poll being answered is not a request in flight either.
+        assert [t["in_flight"]["sum"] for t in totals] == [0, 0, 0]
+        with client.get("/stats/metrics") as response:
+            assert b"\nmmstats_in_flight_workers_sum 0.0\n" in response.data
         with client.get("/stats/api/json?slow=x") as response:
             assert response.status_code == 400
         with client.get("/stats") as response:  # Flask's redirect is counted
@@ -333,3 +337,6 @@ class TestMounts:
 
         assert requests(first) == requests(second) >= 1
         assert client.get("/stats/api/json?slow=-1").status_code == 400
+        # The poll being answered is not a request in flight either.
+        in_flight = next(t for t in second["totals"] if t["name"] == "in_flight")
+        assert in_flight["value"]["sum"] == 0
