@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ._archive import clean as clean_directory
-from ._reader import Snapshot, Worker, read_directory, read_file
+from ._reader import Snapshot, Worker, list_stats_files, read_directory, read_file
 from ._render import (
     Rates,
     bad_table,
@@ -184,10 +184,7 @@ def _errors(app: CliContext, traceback: bool) -> Iterator[None]:
         raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
     except DirectoryError as exc:
         _print_traceback(app, traceback)
-        raise DirectoryProblem(
-            f"{exc}; pass --dir or set MMSTATS_DIR to the directory the app writes to.",
-            app.err,
-        ) from exc
+        raise DirectoryProblem(f"{exc}; {_directory_hint(app, exc)}", app.err) from exc
     except MmstatsError as exc:
         _print_traceback(app, traceback)
         raise CliError(str(exc), app.err) from exc
@@ -198,6 +195,21 @@ def _errors(app: CliContext, traceback: bool) -> Iterator[None]:
             "and report it.",
             app.err,
         ) from exc
+
+
+def _directory_hint(app: CliContext, exc: DirectoryError) -> str:
+    """Say what to do about a stats directory that cannot be read."""
+    given = click.get_current_context(silent=True)
+    passed = given is not None and given.params.get("directory") is not None
+    if passed:
+        where = "check the --dir you passed"
+    elif app.directory is not None:
+        where = "it is the app's stats directory setting; pass --dir to read another"
+    else:
+        where = "pass --dir or set MMSTATS_DIR to the directory the app writes to"
+    if exc.reason == "does not exist":
+        return f"workers create it when they record their first request; {where}."
+    return f"{where}."
 
 
 def _quiet(stream: IO[str]) -> None:
@@ -324,6 +336,13 @@ _wide_option = click.option(
 )
 
 
+def _prog() -> str:
+    """Return how the user called us: mmstats, manage.py mmstats, flask mmstats."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.find_root().info_name if ctx is not None else None
+    return name or "mmstats"
+
+
 def _read(
     path: str, slow: bool = True, names: frozenset[str] | None = None
 ) -> Snapshot:
@@ -364,7 +383,7 @@ def _fail_on_bad_files(app: CliContext, snapshot: Snapshot) -> None:
 def show(app: CliContext, path: str, wide: bool) -> None:
     """One row per worker, requests in flight, dead workers and totals."""
     snapshot = _read(path, slow=False, names=SUMMARY_NAMES)
-    app.console(wide).print(show_view(snapshot, wide))
+    app.console(wide).print(show_view(snapshot, wide, prog=_prog()))
     _fail_on_bad_files(app, snapshot)
 
 
@@ -434,7 +453,7 @@ def _frames(
         snapshot = read_directory(path, slow=False, names=SUMMARY_NAMES)
         now = time.monotonic()
         rates = _rates(previous[0], snapshot, now - previous[1]) if previous else None
-        yield show_view(snapshot, wide, rates)
+        yield show_view(snapshot, wide, rates, prog=_prog())
         count += 1
         if iterations is not None and count >= iterations:
             return
@@ -675,6 +694,11 @@ def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
         f"Serving {path}: page http://{listen}/, metrics http://{listen}/metrics "
         "(Ctrl-C stops)\n"
     )
+    try:
+        list_stats_files(path)
+    except DirectoryError as exc:
+        # Workers may create it on their first request: served all the same.
+        app.err.write(f"Warning: {exc}; the page says so until it can be read.\n")
     app.err.flush()
     try:
         server.serve_forever()

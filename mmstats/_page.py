@@ -20,8 +20,15 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+from ._archive import Archive
 from ._reader import read_directory
-from ._report import SCHEMA_VERSION, dumps, filtered, snapshot_json_text
+from ._report import (
+    SCHEMA_VERSION,
+    archive_to_json,
+    dumps,
+    filtered,
+    snapshot_json_text,
+)
 from .exceptions import MmstatsError
 
 log = logging.getLogger(__name__)
@@ -106,8 +113,8 @@ def json_document(
     and query is answered again, and requests that arrive while it is being
     read wait for that read, so pages open in several tabs cost one read.
 
-    Never raises for a bad directory: the answer is then ``{"schema": 1,
-    "error": "..."}``, with the reason.
+    Never raises for a bad directory: the answer is then the document with
+    no workers and no totals, the reason in ``problems`` and ``error``.
 
     :raises ValueError: a query parameter has a bad value.
     """
@@ -163,8 +170,26 @@ def _build(
             snapshot = filtered(snapshot, names, slow)
         return snapshot_json_text(snapshot).encode("ascii")
     except MmstatsError as exc:
-        doc: Any = {"schema": SCHEMA_VERSION, "error": str(exc)}
+        reason = str(exc)
     except Exception as exc:  # the page must always get an answer
         log.exception("mmstats could not read %r for the page", directory)
-        doc = {"schema": SCHEMA_VERSION, "error": f"internal error: {exc!r}"}
-    return dumps(doc, indent=None).encode("ascii")
+        reason = f"internal error: {exc!r}"
+    return dumps(_error_document(directory, reason), indent=None).encode("ascii")
+
+
+def _error_document(
+    directory: str | os.PathLike[str] | None, reason: str
+) -> dict[str, Any]:
+    """Return the document of a directory that could not be read: the same
+    fields, empty, and the reason in ``problems`` and ``error``."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "directory": os.fspath(directory) if directory is not None else "",
+        "read_at": time.time(),
+        "workers": [],
+        "bad_files": [],
+        "problems": [reason],
+        "archive": archive_to_json(Archive()),
+        "totals": [],
+        "error": reason,
+    }

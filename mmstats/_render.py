@@ -163,9 +163,10 @@ def fmt_time(value: float, now: float, full: bool = False) -> str:
         local = time.localtime(value)
     except (OverflowError, OSError, ValueError):  # past year 9999: a bad file
         return f"{value:.6g}"
-    if full:
+    if full:  # with the zone: Django's command runs in the app's TIME_ZONE
         millis = int(value * 1000) % 1000
-        return time.strftime("%Y-%m-%d %H:%M:%S", local) + f".{millis:03d}"
+        zone = time.strftime(" %Z", local).rstrip()
+        return time.strftime("%Y-%m-%d %H:%M:%S", local) + f".{millis:03d}{zone}"
     if math.isfinite(now) and local[:3] == time.localtime(now)[:3]:
         return time.strftime("%H:%M:%S", local)
     return time.strftime("%m-%d %H:%M", local)
@@ -211,7 +212,10 @@ class Rates:
 
 
 def show_view(
-    snapshot: Snapshot, wide: bool = False, rates: Rates | None = None
+    snapshot: Snapshot,
+    wide: bool = False,
+    rates: Rates | None = None,
+    prog: str = "mmstats",
 ) -> RenderableType:
     """Return everything ``show`` prints: workers, requests, dead, bad files."""
     now = snapshot.read_at
@@ -227,7 +231,7 @@ def show_view(
     if busy:
         parts.append(in_flight_table(busy, now, wide))
     if dead:
-        parts.append(dead_table(dead, now, wide))
+        parts.append(dead_table(dead, now, wide, prog))
     if snapshot.bad:
         parts.append(bad_table(snapshot.bad, snapshot.directory))
     return Group(*parts)
@@ -417,11 +421,13 @@ def in_flight_table(
     return table
 
 
-def dead_table(dead: Sequence[Worker], now: float, wide: bool) -> Grid:
+def dead_table(
+    dead: Sequence[Worker], now: float, wide: bool, prog: str = "mmstats"
+) -> Grid:
     """Return the dead workers and the requests they were serving."""
     table = _table(
         title="Dead workers (died without closing their file)",
-        caption="Run `mmstats clean` to fold them into the archive.",
+        caption=f"Run `{prog} clean` to fold them into the archive.",
     )
     _num(table, "PID")
     _num(table, "Reqs")

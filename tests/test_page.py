@@ -190,6 +190,12 @@ class TestJson:
         doc = response.get_json()
         assert doc["schema"] == 1
         assert os.fspath(missing) in doc["error"]
+        # Every field of the schema is there, empty: a client reads it as is.
+        full = json.loads(mmstats.json_document(tmp_path))
+        assert set(doc) == set(full) | {"error"}
+        assert doc["workers"] == doc["totals"] == doc["bad_files"] == []
+        assert doc["problems"] == [doc["error"]]
+        assert doc["archive"].keys() == full["archive"].keys()
 
     def test_hostile_strings_are_escaped_and_come_back_exact(
         self, populated: Workers
