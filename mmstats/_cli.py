@@ -415,7 +415,9 @@ def top(
     console = app.console(wide)
     try:
         with _Keys() as keys:
-            frames = _frames(path, wide, interval, iterations, keys.wait)
+            frames = _frames(
+                path, wide, interval, iterations, keys.wait, console.is_terminal
+            )
             if console.is_terminal:
                 _live(console, frames)
             else:
@@ -445,6 +447,7 @@ def _frames(
     interval: float,
     iterations: int | None,
     wait: Callable[[float], bool],
+    keys: bool = True,
 ) -> Iterator[RenderableType]:
     """Yield one view per refresh; stop after ``iterations`` or on q."""
     previous: tuple[Snapshot, float] | None = None
@@ -453,6 +456,8 @@ def _frames(
         snapshot = read_directory(path, slow=False, names=SUMMARY_NAMES)
         now = time.monotonic()
         rates = _rates(previous[0], snapshot, now - previous[1]) if previous else None
+        if rates is not None:
+            rates.keys = keys
         yield show_view(snapshot, wide, rates, prog=_prog())
         count += 1
         if iterations is not None and count >= iterations:

@@ -209,6 +209,7 @@ class Rates:
     per_worker: dict[str, float]
     total: float | None
     interval: float
+    keys: bool = True  # q quits: top runs on a terminal
 
 
 def show_view(
@@ -275,9 +276,8 @@ def worker_table(
         caption = "Avg/s: requests per second since the worker started."
         rate_header = "Avg/s"
     else:
-        caption = (
-            f"Req/s: requests per second over the last {rates.interval:.1f} s; "
-            "press q to quit."
+        caption = f"Req/s: requests per second over the last {rates.interval:.1f} s" + (
+            "; press q to quit." if rates.keys else "."
         )
         rate_header = "Req/s"
     if snapshot.archive.workers:
@@ -605,12 +605,13 @@ def _labels(labels: dict[str, str]) -> str:
 
 def _value(s: Series) -> Text:
     value = s.value
+    # Exact: a float as its shortest repr, which reads back to the same value.
     if isinstance(value, HistogramValue):
-        return Text(f"count={value.count}\nsum={value.sum:.6g}")
+        return Text(f"count={value.count}\nsum={value.sum!r}")
     if isinstance(value, str):
         return folded(repr(value))
     if isinstance(value, float):
-        return Text(f"{value:.6g}")
+        return Text(repr(value))
     return Text(str(value))
 
 
@@ -627,7 +628,7 @@ def bucket_table(s: Series) -> Grid:
         for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
     )
     caption = (
-        f"count={hist.count} sum={hist.sum:.6g} {quantiles} ({unit}); "
+        f"count={hist.count} sum={hist.sum!r} {quantiles} ({unit}); "
         f"lo={hist.lo:g} gamma={hist.gamma:g} integer={hist.integer}"
     )
     table = _table(title=title, caption=caption)
