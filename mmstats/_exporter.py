@@ -29,6 +29,8 @@ OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 BUCKET_STRIDE = 9
 LIVE_STATES = ("alive", "unknown")
 STATES = ("alive", "dead", "closed", "unknown")
+# Gauges each worker reads from its host, not of its own: given per pid only.
+HOST_GAUGES = frozenset({"load1"})
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
@@ -210,6 +212,8 @@ def _render_gauges(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
             w.sample(family, [*labels, ("pid", str(pid))], s.value)
             key = tuple(labels)
             sums[key] = sums.get(key, 0.0) + s.value
+        if name in HOST_GAUGES:
+            continue  # the same host value in every worker: a sum means nothing
         total = w.family(
             family + "_workers_sum",
             "gauge",

@@ -103,6 +103,9 @@ class TestContent:
             if name == "mmstats_memory_rss_bytes"
         }
         assert pids == {alive}
+        # The host's load average is per worker only: a sum of it means nothing.
+        assert ("mmstats_load1", frozenset({("pid", alive)})) in exposed
+        assert not [name for name, _ in exposed if name == "mmstats_load1_workers_sum"]
 
     def test_workers_by_state_and_unreadable_files(
         self, exposed: dict[tuple[str, Any], float]
