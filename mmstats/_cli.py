@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import select
@@ -21,7 +22,7 @@ import traceback as tb
 import tty
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import click
 from rich.console import Console, RenderableType
@@ -96,7 +97,8 @@ class CliContext:
         else:
             width = min(columns, NARROW_WIDTH) if terminal else NARROW_WIDTH
         return _Console(
-            file=self.out,
+            # Piped, lines lose the spaces that pad them to the table's width.
+            file=self.out if terminal else cast(IO[str], _Trimmed(self.out)),
             width=max(width, 40),
             no_color=no_color,
             color_system="auto" if terminal and not no_color else None,
@@ -117,6 +119,34 @@ class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise BrokenPipeError
+
+
+class _Trimmed(io.TextIOBase):
+    """A text stream that writes each line without its trailing spaces."""
+
+    def __init__(self, out: IO[str]) -> None:
+        super().__init__()
+        self.out = out
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        if lines:
+            self.out.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial:
+            self.out.write(self.partial)
+            self.partial = ""
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -107,6 +107,17 @@ def expected_slow(workers: Workers) -> Counter[tuple[int, int, int, str, str]]:
 
 
 class TestShow:
+    @pytest.mark.parametrize("command", ["show", "slow"])
+    def test_piped_lines_end_without_padding(
+        self, populated: Workers, command: str
+    ) -> None:
+        """Piped to a file or a program, no line ends in the spaces that pad
+        it to the table's width."""
+        result = mmstats_cli(command, "--dir", os.fspath(populated.directory))
+        lines = result.stdout.splitlines()
+        assert len(lines) > 5
+        assert [line for line in lines if line != line.rstrip(" ")] == []
+
     def test_rows_show_the_counts_each_worker_wrote(self, populated: Workers) -> None:
         """Each worker's row has its requests, status classes, busy count and
         queries per request, as the worker recorded them."""
