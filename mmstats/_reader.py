@@ -42,6 +42,18 @@ LabelKey = tuple[tuple[str, str], ...]
 Names = frozenset[str] | None  # the metrics a reader wants; None for all
 
 
+class _Want(NamedTuple):
+    """What a read takes from each file: the newest ``rings`` slow entries
+    of each ring (None for all, 0 for none) and the metrics ``names`` (None
+    for all)."""
+
+    rings: int | None = None
+    names: Names = None
+
+
+_EVERYTHING = _Want()
+
+
 def text(data: bytes) -> str:
     """Decode bytes from a file; invalid bytes become ``\\xNN`` escapes."""
     return data.decode("utf-8", "backslashreplace")
@@ -642,15 +654,13 @@ _PARSE_ERRORS = (
 )
 
 
-def _read_file(
-    path: str, patience: _Patience, rings: int | None = None, names: Names = None
-) -> Worker:
+def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Worker:
     grown_to = 0
     for _attempt in range(3):
         mm, size, st = _open_file(path)
         try:
             key = (path, st.st_dev, st.st_ino)
-            return _parse(path, mm, size, grown_to, patience, rings, names, key)
+            return _parse(path, mm, size, grown_to, patience, want, key)
         except _Grew as grew:
             # Grown between the size check and the read: map it again, and
             # read no further than what was published at the first look.
@@ -690,8 +700,7 @@ def _parse(
     size: int,
     grown_to: int,
     patience: _Patience,
-    rings: int | None = None,
-    names: Names = None,
+    want: _Want = _EVERYTHING,
     key: tuple[Any, ...] = (),
 ) -> Worker:
     # A writer killed while extending its file can leave a size that is not
@@ -701,7 +710,7 @@ def _parse(
     q = d = None
     try:
         q, d = b.cast("q"), b.cast("d")
-        return _parse_views(path, b, q, d, size, grown_to, patience, rings, names, key)
+        return _parse_views(path, b, q, d, size, grown_to, patience, want, key)
     finally:
         for view in (d, q, b):
             if view is not None:
@@ -720,8 +729,7 @@ def _parse_views(
     size: int,
     grown_to: int,
     patience: _Patience,
-    rings: int | None = None,
-    names: Names = None,
+    want: _Want = _EVERYTHING,
     key: tuple[Any, ...] = (),
 ) -> Worker:
     if bytes(b[0:8]) != F.MAGIC:
@@ -779,7 +787,7 @@ def _parse_views(
         )
     if key:  # the same inode may hold another worker's file later
         key = (*key, pid, q[F.H_CREATED // 8], q[F.H_START_TICKS // 8])
-    _parse_records(worker, b, q, d, used, patience, rings, names, key)
+    _parse_records(worker, b, q, d, used, patience, want, key)
     return worker
 
 
@@ -998,18 +1006,18 @@ def _parse_records(
     d: Any,
     used: int,
     patience: _Patience,
-    rings: int | None = None,
-    names: Names = None,
+    want: _Want = _EVERYTHING,
     key: tuple[Any, ...] = (),
 ) -> None:
     live = worker.state == "alive"
     layout = _layout(b, used, worker.path, key)
     for off, rsize in layout.slots:
         _parse_slot(worker, b, q, off, rsize, live, patience)
-    if rings != 0:
+    if want.rings != 0:
         for off, rsize in layout.rings:
-            _parse_ring(worker, b, q, off, rsize, live, patience, layout.entries, rings)
-    _collect_series(worker, layout.select(names), q, d, b, live, patience)
+            entries = layout.entries
+            _parse_ring(worker, b, q, off, rsize, live, patience, entries, want.rings)
+    _collect_series(worker, layout.select(want.names), q, d, b, live, patience)
 
 
 def _clean(value: object) -> str:
@@ -1584,19 +1592,15 @@ def directory_problems(directory: str, private: bool = False) -> list[str]:
 
 # Files of dead and closed workers never change again: a long-running
 # reader keeps what it parsed of them, checked against the file's identity.
-# (rings read, names read) -> path -> (identity, worker), for a few kinds
+# What was read (a _Want) -> path -> (identity, worker), for a few kinds
 # of read at a time; the workers are also kept by id for aggregate().
-_finals: dict[
-    tuple[int | None, Names], dict[str, tuple[tuple[int, ...], Worker, float]]
-] = {}
+_finals: dict[_Want, dict[str, tuple[tuple[int, ...], Worker, float]]] = {}
 _final_workers: dict[int, Worker] = {}
 _FINALS_MAX = 20_000
 _FINAL_KINDS_MAX = 4
 
 
-def _cached_final(
-    path: str, identity: tuple[int, ...], rings: int | None, names: Names
-) -> Worker | None:
+def _cached_final(path: str, identity: tuple[int, ...], want: _Want) -> Worker | None:
     """Return the worker of a dead or closed file read before, if unchanged.
 
     Such a file has no writer left; the same inode with the same change
@@ -1604,7 +1608,7 @@ def _cached_final(
     every REREAD_FINAL_SECONDS, for edits in place within a timestamp's
     tick.
     """
-    kind = _finals.get((rings, names))
+    kind = _finals.get(want)
     entry = kind.get(path) if kind is not None else None
     if entry is None:
         return None
@@ -1620,16 +1624,15 @@ def _remember_final(
     path: str,
     identity: tuple[int, ...],
     worker: Worker,
-    rings: int | None,
-    names: Names,
+    want: _Want,
 ) -> None:
     if worker.state not in FINAL_STATES:
         return
-    kind = _finals.get((rings, names))
+    kind = _finals.get(want)
     if kind is None:
         if len(_finals) >= _FINAL_KINDS_MAX:  # names from a query string
             _forget_finals(_finals.pop(next(iter(_finals))))
-        kind = _finals[(rings, names)] = {}
+        kind = _finals[want] = {}
     if len(kind) >= _FINALS_MAX:
         _forget_finals(kind)
         kind.clear()
@@ -1761,8 +1764,10 @@ def read_directory(
 
     :raises DirectoryError: the directory is missing or cannot be listed.
     """
-    rings = None if slow is True else max(0, int(slow))
-    wanted: Names = None if names is None else frozenset(names)
+    want = _Want(
+        None if slow is True else max(0, int(slow)),
+        None if names is None else frozenset(names),
+    )
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
@@ -1772,7 +1777,7 @@ def read_directory(
         workers: list[Worker] = []
         bad: list[BadFile] = []
         vanished = False
-        kept = _finals.get((rings, wanted), {})
+        kept = _finals.get(want, {})
         # No file was added, removed or renamed since the last scan: a dead
         # file with the inode it had is the same file (edits in place wait
         # for REREAD_FINAL_SECONDS).  Otherwise each one is looked at.
@@ -1792,15 +1797,15 @@ def read_directory(
                 ):
                     workers.append(entry[1])
                     continue
-                cached = _cached_final(full, _identity(full), rings, wanted)
+                cached = _cached_final(full, _identity(full), want)
                 if cached is not None:
                     workers.append(cached)
                     continue
             try:
-                worker = _read_file(full, _Patience(FILE_WAIT, patience), rings, wanted)
+                worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
                 workers.append(worker)
                 if worker.state in FINAL_STATES:
-                    _remember_final(full, _identity(full), worker, rings, wanted)
+                    _remember_final(full, _identity(full), worker, want)
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True
