@@ -159,40 +159,32 @@ def clean_dir(directory: str) -> dict[str, Any]:
 # -- the readers -------------------------------------------------------------
 
 
-def mm_show(directory: str) -> Callable[[], object]:
-    from mmstats._cli import CliContext, cli
+def _mm_command(name: str) -> Callable[[str], Callable[[], object]]:
+    """Return a maker of ``mmstats NAME --dir DIR``, run through its click
+    command with output to memory."""
 
-    def run() -> object:
-        out, err = io.StringIO(), io.StringIO()
-        cli.main(
-            ["show", "--dir", directory],
-            prog_name="mmstats",
-            obj=CliContext(out=out, err=err),
-            standalone_mode=False,
-        )
-        if err.getvalue():
-            raise RuntimeError(f"mmstats show failed: {err.getvalue()}")
-        return out.getvalue()
+    def make(directory: str) -> Callable[[], object]:
+        from mmstats._cli import CliContext, cli
 
-    return run
+        def run() -> object:
+            out, err = io.StringIO(), io.StringIO()
+            cli.main(
+                [name, "--dir", directory],
+                prog_name="mmstats",
+                obj=CliContext(out=out, err=err),
+                standalone_mode=False,
+            )
+            if err.getvalue():
+                raise RuntimeError(f"mmstats {name} failed: {err.getvalue()}")
+            return out.getvalue()
+
+        return run
+
+    return make
 
 
-def mm_json(directory: str) -> Callable[[], object]:
-    from mmstats._cli import CliContext, cli
-
-    def run() -> object:
-        out, err = io.StringIO(), io.StringIO()
-        cli.main(
-            ["json", "--dir", directory],
-            prog_name="mmstats",
-            obj=CliContext(out=out, err=err),
-            standalone_mode=False,
-        )
-        if err.getvalue():
-            raise RuntimeError(f"mmstats json failed: {err.getvalue()}")
-        return out.getvalue()
-
-    return run
+mm_show = _mm_command("show")
+mm_json = _mm_command("json")
 
 
 def mm_scrape(directory: str) -> Callable[[], object]:
