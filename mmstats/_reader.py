@@ -1200,9 +1200,6 @@ def _high_bits(n: int) -> int:
 _HIGH_WORD = (0xFFFF << 48).to_bytes(8, F.NATIVE_ORDER)
 
 
-_DOUBLE = struct.Struct("=d")
-
-
 def _nonzero_buckets(data: bytes) -> dict[int, int]:
     """Return {bucket: count} of the non-zero u64 words of ``data``.
 
@@ -1506,16 +1503,20 @@ def list_stats_files(directory: str) -> list[str]:
     :raises DirectoryError: the directory is missing, not a directory, a
         symlink (not followed, as writers do not) or cannot be listed.
     """
-    return [name for name, _ in _list_with_inodes(directory)]
+    return [name for name, _ in _list_with_inodes(directory)[0]]
 
 
-def _list_with_inodes(directory: str) -> list[tuple[str, int]]:
-    """Return (name, inode) of the stats files in ``directory``, sorted by name.
+def _list_with_inodes(
+    directory: str,
+) -> tuple[list[tuple[str, int]], tuple[int, ...]]:
+    """Return (name, inode) of the stats files in ``directory``, sorted by
+    name, and the directory's stamp (see :func:`_directory_stamp`) before.
 
     :raises DirectoryError: as :func:`list_stats_files`.
     """
     try:
-        if stat.S_ISLNK(os.lstat(directory).st_mode):
+        st = os.lstat(directory)
+        if stat.S_ISLNK(st.st_mode):
             raise DirectoryError(
                 directory, "is a symlink; symlinks are not followed"
             ) from None
@@ -1530,7 +1531,7 @@ def _list_with_inodes(directory: str) -> list[tuple[str, int]]:
     except OSError as exc:
         raise DirectoryError(directory, f"cannot be read: {exc.strerror}") from None
     found.sort()
-    return found
+    return found, (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def directory_problems(directory: str, private: bool = False) -> list[str]:
@@ -1644,7 +1645,8 @@ def _remember_final(
 
 
 def _directory_stamp(path: str) -> tuple[int, ...]:
-    """Return what changes when a file of a directory is added or removed."""
+    """Return what changes when a file of a directory is added or removed:
+    its inode, modification and change times."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -1771,8 +1773,7 @@ def read_directory(
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
-        stamp = _directory_stamp(path)
-        listing = _list_with_inodes(path)
+        listing, stamp = _list_with_inodes(path)
         archive = load_archive(path)
         workers: list[Worker] = []
         bad: list[BadFile] = []
