@@ -17,6 +17,7 @@ import logging
 import math
 import mmap
 import os
+import resource
 import socket
 import stat
 import struct
@@ -69,6 +70,29 @@ _PACKED_MAX_PARTS = 1 << 15
 _DIGIT_MODULUS = (1 << 64) - 1
 _DIGIT_SUM_MAX = 1 << 16  # buckets times parts, each digit below 2**48
 _HIGH_BYTES = (6, 7) if F.NATIVE_ORDER == "little" else (0, 1)
+
+
+def _digit_sum(packed: int) -> int:
+    """Return the sum of the 64-bit digits of ``packed``, modulo 2**64 - 1.
+
+    Halves are added until one digit is left: ``hi * 2**s + lo`` becomes
+    ``hi + lo``, which keeps the remainder by 2**64 - 1 (2**64 is 1 to that
+    modulus) at the cost of a shift, a mask and an addition per halving,
+    where a division by the three-digit modulus costs about as much again
+    as all of them.
+    """
+    n = (packed.bit_length() + 63) >> 6
+    while n > 1:
+        half = (n + 1) >> 1
+        shift = half << 6
+        packed = (packed >> shift) + (packed & _low_mask(shift))
+        n = half
+    return packed % _DIGIT_MODULUS
+
+
+@functools.lru_cache(maxsize=64)
+def _low_mask(bits: int) -> int:
+    return (1 << bits) - 1
 
 
 def _add_into(mine: dict[int, int], buckets: dict[int, int]) -> None:
@@ -172,7 +196,7 @@ class HistogramValue:
             if parts and not plain and parts * max(self.nbuckets, 1) < _DIGIT_SUM_MAX:
                 # The digits (each below parts * 2**48) add up to less than
                 # 2**64 - 1, so the remainder by it is their sum.
-                self._count = packed % _DIGIT_MODULUS
+                self._count = _digit_sum(packed)
             else:
                 self._count = sum(self.buckets.values())
         return self._count
@@ -657,10 +681,18 @@ _PARSE_ERRORS = (
 def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Worker:
     grown_to = 0
     for _attempt in range(3):
-        mm, size, st = _open_file(path)
-        try:
+        held = _held_mapping(path)
+        if held is None:
+            mm, size, st = _open_file(path)
             key = (path, st.st_dev, st.st_ino)
-            return _parse(path, mm, size, grown_to, patience, want, key)
+        else:
+            key, size, mm = held
+        try:
+            worker = _parse(path, mm, size, grown_to, patience, want, key)
+            if worker.state in LIVE_STATES and held is None:
+                _hold_mapping(path, key, size, mm)
+                mm = None  # kept open for the next read
+            return worker
         except _Grew as grew:
             # Grown between the size check and the read: map it again, and
             # read no further than what was published at the first look.
@@ -672,11 +704,81 @@ def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Wor
             reason = str(exc) or type(exc).__name__
             raise CorruptFileError(path, reason) from None
         finally:
-            try:
-                mm.close()
-            except BufferError:
-                pass
+            if mm is not None and held is None:
+                _close_mapping(mm)
     raise CorruptFileError(path, "kept growing past its mapped size while read")
+
+
+# Mappings of live workers' files kept open between reads, by path:
+# ((path, st_dev, st_ino), size, mapping).  A reader that comes back (top,
+# serve, an exporter) then makes one lstat per file instead of opening,
+# mapping and unmapping it, and finds its pages still mapped.  Each
+# mapping holds a file descriptor (Python's mmap keeps a duplicate), so
+# they are capped well below the process's limit of open files.
+_held: dict[str, tuple[tuple[Any, ...], int, Any]] = {}
+
+
+def _held_limit() -> int:
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(0, min(256, soft // 4))
+
+
+_HELD_MAX = _held_limit()
+
+
+def _held_mapping(path: str) -> tuple[tuple[Any, ...], int, Any] | None:
+    """Return the mapping kept for ``path`` if it still maps the file there.
+
+    The same inode of the same size: the mapping shows what the file holds
+    now (a shared mapping of that inode).  A file replaced, grown or cut is
+    mapped anew.
+    """
+    held = _held.get(path)
+    if held is None:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    key, size, mm = held
+    if (
+        st is not None
+        and st.st_ino == key[2]
+        and st.st_dev == key[1]
+        and st.st_size == size
+        and stat.S_ISREG(st.st_mode)
+    ):
+        return held
+    _release_held(path)
+    return None
+
+
+def _hold_mapping(path: str, key: tuple[Any, ...], size: int, mm: Any) -> None:
+    if len(_held) >= _HELD_MAX:
+        for old in list(_held)[: max(1, len(_held) // 4)]:
+            _release_held(old)
+        if len(_held) >= _HELD_MAX:
+            _close_mapping(mm)
+            return
+    _held[path] = (key, size, mm)
+
+
+def _release_held(path: str) -> None:
+    held = _held.pop(path, None)
+    if held is not None:
+        _close_mapping(held[2])
+
+
+def _close_mapping(mm: Any) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        pass  # another thread is reading it: closed when it lets go
 
 
 class _Grew(Exception):
@@ -862,6 +964,7 @@ class _Layout:
         "rings",
         "selections",
         "entries",
+        "hists",
         "ends",
         "walked",
     )
@@ -875,6 +978,8 @@ class _Layout:
         self.selections: dict[Names, _Selection] = {}  # a few: see select()
         # Slow entries decoded before, by byte offset: (generation, entry).
         self.entries: dict[int, tuple[int, SlowEntry]] = {}
+        # Histogram cells read before, by word: (buckets, count, sum, value).
+        self.hists: dict[int, tuple[bytes, int, float, HistogramValue]] = {}
         # The first and the last record: (offset, (type, size)).
         self.ends: list[tuple[int, tuple[int, int]]] = []
         self.walked = time.monotonic()  # when walked from the start
@@ -955,6 +1060,7 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     layout.slots = list(known.slots)
     layout.rings = list(known.rings)
     layout.entries = known.entries
+    layout.hists = known.hists
     layout.walked = known.walked
     head = F.RECORD_HEAD.unpack_from
     head_id = _HEAD_ID.unpack_from
@@ -1017,7 +1123,8 @@ def _parse_records(
         for off, rsize in layout.rings:
             entries = layout.entries
             _parse_ring(worker, b, q, off, rsize, live, patience, entries, want.rings)
-    _collect_series(worker, layout.select(want.names), q, d, b, live, patience)
+    selection = layout.select(want.names)
+    _collect_series(worker, selection, q, d, b, live, patience, layout.hists)
 
 
 def _clean(value: object) -> str:
@@ -1100,8 +1207,10 @@ def _collect_series(
     b: Any,
     live: bool,
     patience: _Patience,
+    kept: dict[int, tuple[bytes, int, float, HistogramValue]],
 ) -> None:
     values: dict[int, Any] = {}
+    added: set[int] = set()
     stamps: dict[int, int] = {}
     for mid, meta, word, size in selection.cells:
         kind = meta["kind"]
@@ -1112,11 +1221,17 @@ def _collect_series(
         elif kind == F.KIND_GAUGE:
             values[mid] = values.get(mid, 0.0) + d[word]
         elif kind == F.KIND_HISTOGRAM:
-            hist = _read_histogram(meta, b, q, d, word, size, live, patience)
-            if mid in values:
-                values[mid].merge(hist)
-            else:
+            hist = _read_histogram(meta, b, q, d, word, size, live, patience, kept)
+            first = values.get(mid)
+            if first is None:
                 values[mid] = hist
+            else:
+                # Another thread's cell of the same series.  Values read
+                # before are kept for the next read: add into a copy.
+                if mid not in added:
+                    first = values[mid] = first.copy()
+                    added.add(mid)
+                first.merge(hist)
         else:
             got = _read_text(meta, b, q, word, size, live, patience)
             if got is not None and got[0] >= stamps.get(mid, -1):
@@ -1148,26 +1263,41 @@ def _read_histogram(
     size: int,
     live: bool,
     patience: _Patience,
+    kept: dict[int, tuple[bytes, int, float, HistogramValue]] | None = None,
 ) -> HistogramValue:
     n = meta["nbuckets"]
     if size < 8 * (F.HIST_BUCKETS + n):
         raise ValueError("histogram cell is shorter than its buckets")
     start = (word + F.HIST_BUCKETS) * 8
     end = start + 8 * n
-    # The common case in one go: count, sum, the buckets as one integer,
-    # count again.  The copy is whole when both counts equal the sum of the
-    # buckets (see docs/FORMAT.md), which for buckets below 2**48 is the
-    # integer's remainder by 2**64 - 1.
+    # The common case in one go: count, sum, the buckets, count again.  The
+    # copy is whole when both counts equal the sum of the buckets (see
+    # docs/FORMAT.md), which for buckets below 2**48 is the sum of the
+    # digits of the buckets read as one integer.
     count = q[word + F.HIST_COUNT]
     sum_value: float = d[word + F.HIST_SUM]
-    packed = int.from_bytes(b[start:end], F.NATIVE_ORDER)
+    raw = bytes(b[start:end])
+    if kept is not None:
+        # Unchanged since a whole copy read before: the same buckets make
+        # the same sum of buckets, which both counts equal again.
+        before = kept.get(word)
+        if (
+            before is not None
+            and before[0] == raw
+            and before[1] == count == q[word + F.HIST_COUNT]
+            and before[2] == sum_value
+        ):
+            return before[3]
+    packed = int.from_bytes(raw, F.NATIVE_ORDER)
     if (
         n < _DIGIT_SUM_MAX
         and not packed & _high_bits(n)
-        and q[word + F.HIST_COUNT] == count == packed % _DIGIT_MODULUS
+        and q[word + F.HIST_COUNT] == count == _digit_sum(packed)
     ):
         hist = HistogramValue.from_packed(meta, packed, sum_value)
         hist.count = count
+        if kept is not None:
+            kept[word] = (raw, count, sum_value, hist)
         return hist
 
     def copy() -> tuple[tuple[float, bytes], bool]:
@@ -1400,6 +1530,7 @@ class Snapshot:
 
 
 FINAL_STATES = ("dead", "closed")
+LIVE_STATES = ("alive", "unknown")
 
 
 def aggregate(
@@ -1681,6 +1812,8 @@ def _forget_removed(directory: str, listed: set[str]) -> None:
                 _final_workers.pop(id(entry[1]), None)
     for path in [p for p in _layouts if p.startswith(prefix) and p not in listed]:
         _layouts.pop(path, None)
+    for path in [p for p in _held if p.startswith(prefix) and p not in listed]:
+        _release_held(path)
     from ._report import forget_entry_texts
 
     forget_entry_texts(directory, listed)
@@ -1698,6 +1831,8 @@ def drop_caches() -> None:
     """
     _metric_cache.clear()
     _layouts.clear()
+    for path in list(_held):
+        _release_held(path)
     _finals.clear()
     _final_workers.clear()
     _final_sums.clear()
@@ -1711,6 +1846,7 @@ def drop_caches() -> None:
 
 
 _CACHES = (
+    "_held",
     "_stamps",
     "_metric_cache",
     "_layouts",
@@ -1738,6 +1874,8 @@ def fresh_caches() -> Iterator[None]:
     try:
         yield
     finally:
+        for path in list(_held):
+            _release_held(path)
         for name, value in zip(_CACHES, saved, strict=True):
             globals()[name] = value
         _archive._kept, _report._entry_texts = saved_archive, saved_texts

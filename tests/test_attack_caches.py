@@ -596,3 +596,117 @@ def test_the_grid_prints_hostile_strings_as_rich_table_does(
     assert "\x1b]" not in text and "\x07" not in text
     if not color:
         assert "\x1b" not in text
+
+
+# == mappings and histogram cells kept by a long-running reader =======================
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _hist_cells(counts: list[dict[int, int]], n: int = 6) -> list[bytes]:
+    metric = _metric(1, "h", F.KIND_HISTOGRAM, nbuckets=n, lo=0.5, gamma=F.GAMMA)
+    return [metric] + [_hist(1, c, n, tslot=t) for t, c in enumerate(counts)]
+
+
+def test_a_series_of_several_thread_cells_reads_the_same_every_time(
+    stats_dir: Path,
+) -> None:
+    """Cells of one series (one per thread) are added up per worker; the
+    first cell's value, kept for the next read, must not be added into."""
+    _write(
+        stats_dir / "app.1.aaaa.mmstats",
+        _hist_cells([{0: 2, 3: 1}, {3: 4}, {5: 7}]),
+        **_alive(),
+    )
+    reads = [_view(mmstats.read_directory(stats_dir)) for _ in range(4)]
+    assert reads == [_fresh(stats_dir)] * 4
+    (series,) = mmstats.read_directory(stats_dir).workers[0].series
+    assert (series.value.count, series.value.buckets) == (14, {0: 2, 3: 5, 5: 7})
+
+
+def test_histogram_cells_changed_in_place_read_as_a_fresh_reader_does(
+    stats_dir: Path,
+) -> None:
+    """A kept cell is used again only while its buckets, count and sum are
+    all unchanged: a writer's observation, a count edited alone, or a sum
+    edited alone are each read anew."""
+    target = stats_dir / "app.1.aaaa.mmstats"
+    records = _hist_cells([{1: 3}])
+    _write(target, records, **_alive())
+    cell = _offsets(records)[1] + F.CELL_PAYLOAD
+    mmstats.read_directory(stats_dir)
+    edits = [
+        (cell + 8 * (F.HIST_BUCKETS + 1), struct.pack("=Q", 4)),  # bucket, no count
+        (cell + 8 * F.HIST_COUNT, struct.pack("=Q", 4)),  # now whole again
+        (cell + 8 * F.HIST_SUM, struct.pack("=d", 9.25)),  # the sum alone
+        (cell + 8 * F.HIST_COUNT, struct.pack("=Q", 40)),  # damage: count alone
+    ]
+
+    def histogram() -> tuple[int, float, dict[int, int]]:
+        (series,) = mmstats.read_directory(stats_dir).workers[0].series
+        return series.value.count, series.value.sum, series.value.buckets
+
+    seen = []
+    for off, data in edits:
+        with open(target, "r+b") as f:
+            f.seek(off)
+            f.write(data)
+        warm = histogram()
+        _reader.drop_caches()
+        assert warm == histogram()
+        seen.append(warm)
+        histogram()  # warm again for the next edit
+    # The buckets are the truth for the count (docs/FORMAT.md).
+    assert seen[1:] == [(4, 1.5, {1: 4}), (4, 9.25, {1: 4}), (4, 9.25, {1: 4})]
+
+
+def test_kept_mappings_follow_replaced_grown_and_removed_files(
+    stats_dir: Path,
+) -> None:
+    """A live file's mapping is kept between reads; a file replaced under
+    its name, grown, or removed is mapped anew or let go (its descriptor
+    closed), and what is read equals a fresh read every time."""
+    target = stats_dir / "app.1.aaaa.mmstats"
+    _write(target, [_metric(1, "n"), _counter(1, 1)], **_alive())
+    before = _open_fds()
+    mmstats.read_directory(stats_dir)
+    assert os.fspath(target) in _reader._held
+    assert _open_fds() == before + 1  # the mapping's own descriptor
+
+    other = stats_dir / ".other"
+    _write(other, [_metric(1, "n"), _counter(1, 2)], **_alive())
+    os.replace(other, target)
+    assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
+    mmstats.read_directory(stats_dir)
+    assert _open_fds() == before + 1  # the old inode's mapping was let go
+
+    with open(target, "ab") as f:  # grown: a longer file, records appended later
+        f.write(bytes(65536))
+    assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
+    mmstats.read_directory(stats_dir)
+    assert _reader._held[os.fspath(target)][1] == target.stat().st_size
+
+    target.unlink()
+    assert mmstats.read_directory(stats_dir).workers == []
+    assert os.fspath(target) not in _reader._held
+    assert _open_fds() == before
+
+
+def test_dead_files_are_not_kept_mapped_and_live_ones_stay_under_the_cap(
+    stats_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_reader, "_HELD_MAX", 8)
+    for i in range(20):
+        _write(stats_dir / f"app.{i}.live.mmstats", [_metric(1, "n")], **_alive())
+        _write(stats_dir / f"app.{i}.dead.mmstats", [_metric(1, "n")], pid=DEAD_PID - i)
+    before = _open_fds()
+    for _ in range(3):
+        snap = mmstats.read_directory(stats_dir)
+        assert len(snap.workers) == 40
+        assert len(_reader._held) <= 8
+        assert not [p for p in _reader._held if ".dead." in p]
+        assert _open_fds() <= before + 8
+    _reader.drop_caches()
+    assert _open_fds() == before
