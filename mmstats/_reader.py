@@ -18,6 +18,7 @@ import math
 import mmap
 import os
 import resource
+import select
 import socket
 import stat
 import struct
@@ -32,6 +33,7 @@ from ._writer import (
     CHUNK_SIZE,
     boot_id,
     pid_namespace,
+    process_start_ticks,
     process_state,
     resolve_directory,
 )
@@ -642,10 +644,17 @@ def _state(
     if ns and host.pidns and ns != host.pidns:
         return "unknown"  # another pid namespace: its pids mean nothing here
     if ticks:
+        watched = _watched.get((pid, ticks))
+        if watched is not None and not _has_exited(watched):
+            return "alive"
         state, current = process_state(pid)
         if current:
             # A zombie has exited (killed, not yet reaped): it writes no more.
             alive = current == ticks and state not in ("Z", "X")
+            if alive and watched is None:
+                _watch(pid, ticks)
+            elif not alive and watched is not None:
+                _unwatch((pid, ticks))
             return "alive" if alive else "dead"
     try:
         os.kill(pid, 0)
@@ -654,6 +663,56 @@ def _state(
     except PermissionError:
         return "alive"
     return "alive"
+
+
+# Processes seen alive by a reader that comes back (top, serve, an
+# exporter): a pid file descriptor, by (pid, start ticks), tells in one
+# poll that the very process is still running, where /proc/<pid>/stat
+# costs an open, a read and a close.  Opened when a process is seen alive
+# the second time, so that a one-off read opens none.
+_watched: dict[tuple[int, int], int] = {}
+_sighted: set[tuple[int, int]] = set()
+
+
+def _has_exited(pidfd: int) -> bool:
+    """Return whether the process of ``pidfd`` exited (or cannot be told).
+
+    True sends the caller to /proc, which has the last word on "dead": a
+    descriptor closed by another thread, or its number taken by another
+    file, can only cost that thread a look at /proc.
+    """
+    try:
+        return bool(select.select([pidfd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True  # asked again of /proc
+
+
+def _watch(pid: int, ticks: int) -> None:
+    ident = (pid, ticks)
+    if not _HELD_MAX:
+        return
+    if ident not in _sighted:
+        if len(_sighted) >= 4 * _HELD_MAX:
+            _sighted.clear()
+        _sighted.add(ident)
+        return
+    if len(_watched) >= _HELD_MAX:
+        for old in list(_watched):
+            _unwatch(old)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return  # no pidfd here (an old kernel, a sandbox): /proc it is
+    # The pid may have been reused between the look at /proc and the open:
+    # the descriptor is kept only for the process started at ``ticks``.
+    if process_start_ticks(pid) != ticks or _watched.setdefault(ident, pidfd) != pidfd:
+        os.close(pidfd)
+
+
+def _unwatch(ident: tuple[int, int]) -> None:
+    pidfd = _watched.pop(ident, None)
+    if pidfd is not None:
+        os.close(pidfd)
 
 
 def read_file(path: str | os.PathLike[str]) -> Worker:
@@ -686,11 +745,14 @@ def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Wor
             mm, size, st = _open_file(path)
             key = (path, st.st_dev, st.st_ino)
         else:
-            key, size, mm = held
+            key, size, mm, _ = held
         try:
             worker = _parse(path, mm, size, grown_to, patience, want, key)
             if worker.state in LIVE_STATES and held is None:
-                _hold_mapping(path, key, size, mm)
+                ticks = int.from_bytes(
+                    mm[F.H_START_TICKS : F.H_START_TICKS + 8], F.NATIVE_ORDER
+                )
+                _hold_mapping(path, key, size, mm, (worker.pid, ticks))
                 mm = None  # kept open for the next read
             return worker
         except _Grew as grew:
@@ -710,12 +772,13 @@ def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Wor
 
 
 # Mappings of live workers' files kept open between reads, by path:
-# ((path, st_dev, st_ino), size, mapping).  A reader that comes back (top,
-# serve, an exporter) then makes one lstat per file instead of opening,
-# mapping and unmapping it, and finds its pages still mapped.  Each
+# ((path, st_dev, st_ino), size, mapping, (pid, start ticks)).  A reader
+# that comes back (top, serve, an exporter) then makes one lstat per file
+# instead of opening, mapping and unmapping it, and finds its pages still
+# mapped.  Each
 # mapping holds a file descriptor (Python's mmap keeps a duplicate), so
 # they are capped well below the process's limit of open files.
-_held: dict[str, tuple[tuple[Any, ...], int, Any]] = {}
+_held: dict[str, tuple[tuple[Any, ...], int, Any, tuple[int, int]]] = {}
 
 
 def _held_limit() -> int:
@@ -731,7 +794,9 @@ def _held_limit() -> int:
 _HELD_MAX = _held_limit()
 
 
-def _held_mapping(path: str) -> tuple[tuple[Any, ...], int, Any] | None:
+def _held_mapping(
+    path: str,
+) -> tuple[tuple[Any, ...], int, Any, tuple[int, int]] | None:
     """Return the mapping kept for ``path`` if it still maps the file there.
 
     The same inode of the same size: the mapping shows what the file holds
@@ -745,7 +810,7 @@ def _held_mapping(path: str) -> tuple[tuple[Any, ...], int, Any] | None:
         st = os.lstat(path)
     except OSError:
         st = None
-    key, size, mm = held
+    key, size = held[0], held[1]
     if (
         st is not None
         and st.st_ino == key[2]
@@ -758,20 +823,23 @@ def _held_mapping(path: str) -> tuple[tuple[Any, ...], int, Any] | None:
     return None
 
 
-def _hold_mapping(path: str, key: tuple[Any, ...], size: int, mm: Any) -> None:
+def _hold_mapping(
+    path: str, key: tuple[Any, ...], size: int, mm: Any, ident: tuple[int, int]
+) -> None:
     if len(_held) >= _HELD_MAX:
         for old in list(_held)[: max(1, len(_held) // 4)]:
             _release_held(old)
         if len(_held) >= _HELD_MAX:
             _close_mapping(mm)
             return
-    _held[path] = (key, size, mm)
+    _held[path] = (key, size, mm, ident)
 
 
 def _release_held(path: str) -> None:
     held = _held.pop(path, None)
     if held is not None:
         _close_mapping(held[2])
+        _unwatch(held[3])  # the file is gone or replaced: so may its process be
 
 
 def _close_mapping(mm: Any) -> None:
@@ -1833,6 +1901,9 @@ def drop_caches() -> None:
     _layouts.clear()
     for path in list(_held):
         _release_held(path)
+    for ident in list(_watched):
+        _unwatch(ident)
+    _sighted.clear()
     _finals.clear()
     _final_workers.clear()
     _final_sums.clear()
@@ -1847,6 +1918,8 @@ def drop_caches() -> None:
 
 _CACHES = (
     "_held",
+    "_watched",
+    "_sighted",
     "_stamps",
     "_metric_cache",
     "_layouts",
@@ -1876,6 +1949,8 @@ def fresh_caches() -> Iterator[None]:
     finally:
         for path in list(_held):
             _release_held(path)
+        for ident in list(_watched):
+            _unwatch(ident)
         for name, value in zip(_CACHES, saved, strict=True):
             globals()[name] = value
         _archive._kept, _report._entry_texts = saved_archive, saved_texts

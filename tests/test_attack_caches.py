@@ -19,9 +19,13 @@ import itertools
 import json
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -680,7 +684,9 @@ def test_kept_mappings_follow_replaced_grown_and_removed_files(
     os.replace(other, target)
     assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
     mmstats.read_directory(stats_dir)
-    assert _open_fds() == before + 1  # the old inode's mapping was let go
+    # The old inode's mapping was let go; the process is watched now.
+    assert len(_reader._held) == len(_reader._watched) == 1
+    assert _open_fds() == before + 2
 
     with open(target, "ab") as f:  # grown: a longer file, records appended later
         f.write(bytes(65536))
@@ -690,7 +696,7 @@ def test_kept_mappings_follow_replaced_grown_and_removed_files(
 
     target.unlink()
     assert mmstats.read_directory(stats_dir).workers == []
-    assert os.fspath(target) not in _reader._held
+    assert _reader._held == _reader._watched == {}
     assert _open_fds() == before
 
 
@@ -707,6 +713,80 @@ def test_dead_files_are_not_kept_mapped_and_live_ones_stay_under_the_cap(
         assert len(snap.workers) == 40
         assert len(_reader._held) <= 8
         assert not [p for p in _reader._held if ".dead." in p]
-        assert _open_fds() <= before + 8
+        assert len(_reader._watched) <= 8
+        assert _open_fds() == before + len(_reader._held) + len(_reader._watched)
     _reader.drop_caches()
     assert _open_fds() == before
+
+
+def _child_writer(stats_dir: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import mmstats, sys\n"
+            f"mmstats.Stats({os.fspath(stats_dir)!r}, 'child').counter('c').incr(3)\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _states(stats_dir: Path) -> list[str]:
+    return [w.state for w in mmstats.read_directory(stats_dir).workers]
+
+
+def test_a_watched_worker_killed_reads_dead_zombie_or_reaped(stats_dir: Path) -> None:
+    """A reader that comes back watches live workers through pid file
+    descriptors instead of /proc; a worker killed reads dead at once, while
+    a zombie (not yet reaped) and after, and its descriptor is closed."""
+    proc = _child_writer(stats_dir)
+    try:
+        before = _open_fds()
+        assert _states(stats_dir) == ["alive"]
+        assert _reader._watched == {}  # a one-off read opens no descriptor
+        assert _states(stats_dir) == ["alive"]
+        if not _reader._watched:
+            pytest.skip("pidfd_open is not available here")
+        assert [pid for pid, _ in _reader._watched] == [proc.pid]
+        assert _states(stats_dir) == ["alive"]
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _reader.process_state(proc.pid)[0] not in ("Z", "X", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _states(stats_dir) == ["dead"]  # a zombie: not reaped yet
+        assert _reader._watched == {}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _states(stats_dir) == ["dead"]
+    _reader.drop_caches()
+    assert _open_fds() == before
+
+
+def test_a_pid_reused_by_another_process_is_not_taken_for_the_watched_one(
+    stats_dir: Path,
+) -> None:
+    """A descriptor is kept by (pid, start time): a file whose header names
+    the pid of a watched process with another start time is judged by
+    /proc, as dead."""
+    proc = _child_writer(stats_dir)
+    try:
+        for _ in range(3):
+            assert _states(stats_dir) == ["alive"]
+        ticks = _reader.process_start_ticks(proc.pid)
+        (path,) = stats_dir.iterdir()
+        with open(path, "r+b") as f:
+            f.seek(F.H_START_TICKS)
+            f.write(struct.pack("=Q", ticks + 1))
+        assert _states(stats_dir) == ["dead"]
+    finally:
+        proc.kill()
+        proc.wait()
