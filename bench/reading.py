@@ -193,6 +193,71 @@ def mm_scrape(directory: str) -> Callable[[], object]:
     return lambda: mmstats.scrape(directory)
 
 
+class _Traffic:
+    """Changes every counter and histogram cell of a directory's live files
+    as their writers would (a bucket, then the sum, then the count), so
+    that the next read finds nothing unchanged since the one before.
+
+    The workers are blocked while they are read; this stands in for the
+    requests a busy worker serves between two scrapes.
+    """
+
+    def __init__(self, directory: str) -> None:
+        import mmap
+
+        from mmstats import _format as F
+        from mmstats import _reader
+
+        self.views: list[tuple[Any, Any, list[tuple[int, int, int]]]] = []
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if not name.endswith(F.SUFFIX) or _reader.read_file(path).state != "alive":
+                continue
+            layout = _reader._layouts[path][1]
+            with open(path, "r+b") as f:
+                mm = mmap.mmap(f.fileno(), 0)
+            b = memoryview(mm)
+            q, d = b.cast("q"), b.cast("d")
+            cells = []
+            for mid, word, _ in layout.cells:
+                meta = layout.metrics[mid]
+                if meta["kind"] == F.KIND_COUNTER:
+                    cells.append((word, -1, 0.0))
+                elif meta["kind"] == F.KIND_HISTOGRAM:
+                    # One more observation in the bucket that has the most.
+                    first = word + F.HIST_BUCKETS
+                    counts = list(q[first : first + meta["nbuckets"]])
+                    k = counts.index(max(counts))
+                    probe = _reader.HistogramValue(
+                        meta["lo"], meta["gamma"], meta["integer"], nbuckets=len(counts)
+                    )
+                    cells.append((word, first + k, probe.bounds(k)[1]))
+            self.views.append((q, d, cells))
+        self.count, self.sum = F.HIST_COUNT, F.HIST_SUM
+
+    def step(self) -> None:
+        for q, d, cells in self.views:
+            for word, bucket, value in cells:
+                if bucket < 0:
+                    q[word] += 1
+                else:
+                    q[bucket] += 1
+                    d[word + self.sum] += value
+                    q[word + self.count] += 1
+
+
+def mm_scrape_busy(directory: str) -> Callable[[], object]:
+    import mmstats
+
+    traffic = _Traffic(directory)
+
+    def run() -> object:
+        return mmstats.scrape(directory)
+
+    run.prepare = traffic.step  # type: ignore[attr-defined]
+    return run
+
+
 def prom_collect(directory: str) -> Callable[[], object]:
     from prometheus_client import CollectorRegistry, multiprocess
 
@@ -233,6 +298,7 @@ READERS: dict[str, tuple[str, Callable[[str], Callable[[], object]]]] = {
     "mmstats show": ("mm", mm_show),
     "mmstats json": ("mm", mm_json),
     "mmstats scrape": ("mm", mm_scrape),
+    "mmstats scrape (busy)": ("mm", mm_scrape_busy),
     "mmstats show (cold)": ("mm", cold(mm_show)),
     "mmstats json (cold)": ("mm", cold(mm_json)),
     "mmstats scrape (cold)": ("mm", cold(mm_scrape)),
@@ -245,6 +311,7 @@ def _contender(func: Callable[[], object], seconds: float) -> Callable[[], float
     took = _util.timed(func)  # also the warm-up: page cache, imports
     took = min(took, _util.timed(func))
     n = max(1, int(seconds / max(took, 1e-9)))
+    prepare = getattr(func, "prepare", None)
 
     def run() -> float:
         start = _util.clock()
@@ -252,7 +319,16 @@ def _contender(func: Callable[[], object], seconds: float) -> Callable[[], float
             func()
         return (_util.clock() - start) / n
 
-    return run
+    def run_prepared() -> float:
+        spent = 0.0
+        for _ in range(n):
+            prepare()  # not timed
+            start = _util.clock()
+            func()
+            spent += _util.clock() - start
+        return spent / n
+
+    return run if prepare is None else run_prepared
 
 
 def measure_reads(
@@ -268,6 +344,8 @@ def measure_reads(
             key = f"{kind}-{scenario}"
             if key not in dirs:
                 continue  # prometheus_client has no clean
+            if reader.endswith("(busy)") and scenario != dirs["base"]:
+                continue  # traffic is made in the files of one count only
             contenders[f"{reader}|{scenario}"] = _contender(make(dirs[key]), seconds)
     samples = _util.interleave(contenders, rounds)
     rows = []

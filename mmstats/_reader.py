@@ -209,7 +209,7 @@ class HistogramValue:
 
     def merge(self, other: HistogramValue) -> None:
         """Add ``other`` into this histogram (``other`` is left as it is)."""
-        if not self.same_scheme(other):
+        if other.lo != self.lo or other.gamma != self.gamma:
             raise ValueError(
                 f"Cannot merge histograms with buckets lo={other.lo!r} "
                 f"gamma={other.gamma!r} into lo={self.lo!r} gamma={self.gamma!r}"
@@ -221,7 +221,8 @@ class HistogramValue:
         packed, parts, plain = self._state
         opacked, oparts, oplain = other._state
         if oparts and parts + oparts < _PACKED_MAX_PARTS:
-            _add_into(plain, oplain)
+            if oplain:
+                _add_into(plain, oplain)
             self._state = (packed + opacked, parts + oparts, plain)
         else:
             _add_into(plain, other.buckets)
@@ -1068,6 +1069,7 @@ class _Layout:
                     for mid, meta in metrics.items()
                     if names is None or meta["name"] in names
                 ],
+                {},
             )
             if len(self.selections) >= 8:  # names from a query string: no growth
                 self.selections.clear()
@@ -1076,10 +1078,12 @@ class _Layout:
 
 
 class _Selection(NamedTuple):
-    """The cells a reader wants, with their metric records, in file order."""
+    """The cells a reader wants, with their metric records, in file order,
+    and the series made of them at the last read, by metric id."""
 
     cells: list[tuple[int, dict[str, Any], int, int]]
     metrics: list[tuple[int, dict[str, Any]]]
+    made: dict[int, Series]
 
 
 # path -> (identity of the file, its layout): one file per path at a time.
@@ -1267,6 +1271,9 @@ def _decode_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
     return mid, meta
 
 
+_COUNTER, _GAUGE, _HISTOGRAM = F.KIND_COUNTER, F.KIND_GAUGE, F.KIND_HISTOGRAM
+
+
 def _collect_series(
     worker: Worker,
     selection: _Selection,
@@ -1282,13 +1289,14 @@ def _collect_series(
     stamps: dict[int, int] = {}
     for mid, meta, word, size in selection.cells:
         kind = meta["kind"]
-        if kind == F.KIND_COUNTER:
-            if q[word] < 0:
+        if kind == _COUNTER:
+            value = q[word]
+            if value < 0:
                 raise ValueError(f"a cell of counter id {mid} is negative")
-            values[mid] = values.get(mid, 0) + q[word]
-        elif kind == F.KIND_GAUGE:
-            values[mid] = values.get(mid, 0.0) + d[word]
-        elif kind == F.KIND_HISTOGRAM:
+            values[mid] = values[mid] + value if mid in values else value
+        elif kind == _GAUGE:
+            values[mid] = values[mid] + d[word] if mid in values else d[word]
+        elif kind == _HISTOGRAM:
             hist = _read_histogram(meta, b, q, d, word, size, live, patience, kept)
             first = values.get(mid)
             if first is None:
@@ -1306,20 +1314,28 @@ def _collect_series(
                 stamps[mid] = got[0]
                 values[mid] = got[1]
 
+    # A series whose value did not change since the last read is the same
+    # (read-only) object again.
     append = worker.series.append
+    made = selection.made
     for mid, meta in selection.metrics:
         if mid in values:
-            append(
-                Series(
+            value = values[mid]
+            series = made.get(mid)
+            if series is None or not (
+                series.value is value
+                or (type(value) is not HistogramValue and series.value == value)
+            ):
+                series = made[mid] = Series(
                     meta["name"],
                     F.KIND_NAMES[meta["kind"]],
                     meta["help"],
                     meta["unit"],
                     meta["labels"],
-                    values[mid],
+                    value,
                     meta["key"],
                 )
-            )
+            append(series)
 
 
 def _read_histogram(
