@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._reader import HistogramValue, Series, Snapshot, read_directory
+from ._reader import HistogramValue, Series, Snapshot, read_totals
 from .exceptions import MmstatsError
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def scrape(
 ) -> bytes:
     """Read a directory and return its exposition; never raises for a bad one."""
     try:
-        snapshot = read_directory(directory, slow=False)
+        snapshot = read_totals(directory)
     except MmstatsError as exc:
         return render(None, openmetrics=openmetrics, prefix=prefix, error=str(exc))
     except Exception as exc:  # a scrape must always answer

@@ -48,10 +48,12 @@ Names = frozenset[str] | None  # the metrics a reader wants; None for all
 class _Want(NamedTuple):
     """What a read takes from each file: the newest ``rings`` slow entries
     of each ring (None for all, 0 for none) and the metrics ``names`` (None
-    for all)."""
+    for all).  With ``fold``, a live worker's counters and histograms go
+    into the directory's totals only (see :func:`read_totals`)."""
 
     rings: int | None = None
     names: Names = None
+    fold: bool = False
 
 
 _EVERYTHING = _Want()
@@ -485,6 +487,10 @@ class Worker:
     slots: list[Slot] = field(default_factory=list)
     slow: list[SlowEntry] = field(default_factory=list)
     problem: str | None = None  # why some of the worker's values are missing
+    # Counters and histograms read for the totals only (read_totals).
+    _folded: list[tuple[Any, ...]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def find(self, name: str, labels: dict[str, str] | None = None) -> Series | None:
         """Return the series ``name`` with exactly these labels, or None."""
@@ -1034,6 +1040,7 @@ class _Layout:
         "selections",
         "entries",
         "hists",
+        "folds",
         "ends",
         "walked",
     )
@@ -1049,6 +1056,8 @@ class _Layout:
         self.entries: dict[int, tuple[int, SlowEntry]] = {}
         # Histogram cells read before, by word: (buckets, count, sum, value).
         self.hists: dict[int, tuple[bytes, int, float, HistogramValue]] = {}
+        # The same for read_totals: (buckets, count, sum, packed buckets).
+        self.folds: dict[int, tuple[bytes, int, float, int]] = {}
         # The first and the last record: (offset, (type, size)).
         self.ends: list[tuple[int, tuple[int, int]]] = []
         self.walked = time.monotonic()  # when walked from the start
@@ -1133,6 +1142,7 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     layout.rings = list(known.rings)
     layout.entries = known.entries
     layout.hists = known.hists
+    layout.folds = known.folds
     layout.walked = known.walked
     head = F.RECORD_HEAD.unpack_from
     head_id = _HEAD_ID.unpack_from
@@ -1196,7 +1206,82 @@ def _parse_records(
             entries = layout.entries
             _parse_ring(worker, b, q, off, rsize, live, patience, entries, want.rings)
     selection = layout.select(want.names)
-    _collect_series(worker, selection, q, d, b, live, patience, layout.hists)
+    if want.fold and worker.state in LIVE_STATES:
+        _fold_series(worker, selection, q, d, b, live, patience, layout.folds)
+    else:
+        _collect_series(worker, selection, q, d, b, live, patience, layout.hists)
+
+
+def _fold_series(
+    worker: Worker,
+    selection: _Selection,
+    q: Any,
+    d: Any,
+    b: Any,
+    live: bool,
+    patience: _Patience,
+    kept: dict[int, tuple[bytes, int, float, int]],
+) -> None:
+    """Read a live worker's counters and histograms for the totals only.
+
+    A histogram cell is taken as its buckets packed into one integer, with
+    its count, and checked later together with every other cell of its
+    series (:func:`_fold_totals`): the sums of the buckets and of the
+    counts agree, or a write was under way and the read is made again the
+    careful way.  Gauges and texts are read as :func:`_collect_series`
+    reads them.
+    """
+    folded = worker._folded
+    others: list[tuple[int, dict[str, Any], int, int]] = []
+    for cell in selection.cells:
+        mid, meta, word, size = cell
+        kind = meta["kind"]
+        if kind == _COUNTER:
+            value = q[word]
+            if value < 0:
+                raise ValueError(f"a cell of counter id {mid} is negative")
+            folded.append((meta, value))
+        elif kind == _HISTOGRAM:
+            n = meta["nbuckets"]
+            if size < 8 * (F.HIST_BUCKETS + n):
+                raise ValueError("histogram cell is shorter than its buckets")
+            start = (word + F.HIST_BUCKETS) * 8
+            count = q[word + F.HIST_COUNT]
+            sum_value: float = d[word + F.HIST_SUM]
+            raw = bytes(b[start : start + 8 * n])
+            before = kept.get(word)
+            if (
+                before is not None
+                and before[0] == raw
+                and before[1] == count == q[word + F.HIST_COUNT]
+                and before[2] == sum_value
+            ):
+                folded.append((meta, before[3], sum_value, count, None))
+                continue
+            packed = int.from_bytes(raw, F.NATIVE_ORDER)
+            if (
+                n < _DIGIT_SUM_MAX
+                and not packed & _high_bits(n)
+                and q[word + F.HIST_COUNT] == count
+            ):
+                remember = (kept, word, (raw, count, sum_value, packed))
+                folded.append((meta, packed, sum_value, count, remember))
+            else:  # damaged, or being written: the careful way
+                hist = _read_histogram(meta, b, q, d, word, size, live, patience)
+                folded.append((meta, hist))
+        else:
+            others.append(cell)
+    if others:
+        rest = _Selection(
+            others,
+            [
+                (mid, meta)
+                for mid, meta in selection.metrics
+                if meta["kind"] in (_GAUGE, F.KIND_TEXT)
+            ],
+            {},
+        )
+        _collect_series(worker, rest, q, d, b, live, patience, {})
 
 
 def _clean(value: object) -> str:
@@ -1597,10 +1682,16 @@ class Snapshot:
     archive: Archive
     problems: list[str] = field(default_factory=list)
     """Why workers may be unable to write here (one line each), if any."""
+    # Made by read_totals, whose live workers hold no counters or histograms.
+    _totals: dict[tuple[str, LabelKey], Series] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def totals(self) -> dict[tuple[str, LabelKey], Series]:
         """Return counters and histograms summed over workers and the archive,
         and gauges per label set as :class:`GaugeTotal`."""
+        if self._totals is not None:
+            return self._totals
         return aggregate(self.workers, self.archive)
 
     def slow(self, limit: int | None = None, sort: str = "end") -> list[SlowEntry]:
@@ -1999,6 +2090,100 @@ def read_directory(
         None if slow is True else max(0, int(slow)),
         None if names is None else frozenset(names),
     )
+    return _read_directory(directory, want)
+
+
+_FOLD = _Want(0, None, True)
+
+
+def read_totals(directory: str | os.PathLike[str] | None = None) -> Snapshot:
+    """Read a directory for its totals: what a Prometheus scrape needs.
+
+    Like ``read_directory(directory, slow=False)``, except that live
+    workers' counters and histograms are added straight into the totals
+    (``Snapshot.totals()``) instead of being kept per worker: their
+    ``series`` hold only gauges and texts.  Each histogram cell is checked
+    with the others of its series at once, which is what makes this read
+    cheaper; when a write was under way the directory is read again the
+    careful way (:func:`read_directory`).
+
+    :raises DirectoryError: the directory is missing or cannot be listed.
+    """
+    snapshot = _read_directory(directory, _FOLD)
+    totals = _fold_totals(snapshot)
+    if totals is None:
+        return _read_directory(directory, _Want(0, None))
+    snapshot._totals = totals
+    return snapshot
+
+
+def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | None:
+    """Return the totals of a folded read, or None when a histogram's
+    buckets and counts disagree (a write under way: read again)."""
+    totals = aggregate(snapshot.workers, snapshot.archive)
+    # key -> [meta, packed buckets, parts, sum, count, careful values, to keep]
+    hists: dict[tuple[str, LabelKey], list[Any]] = {}
+    for worker in snapshot.workers:
+        for item in worker._folded:
+            meta = item[0]
+            key = meta["key"]
+            if meta["kind"] == _COUNTER:
+                have = totals.get(key)
+                if have is None:
+                    totals[key] = _series(meta, item[1], dict(meta["labels"]))
+                elif have.kind == "counter":
+                    have.value += item[1]
+                continue
+            acc = hists.get(key)
+            if acc is None:
+                acc = hists[key] = [meta, 0, 0, 0.0, 0, [], []]
+            if len(item) == 2:
+                acc[5].append(item[1])
+                continue
+            acc[1] += item[1]
+            acc[2] += 1
+            acc[3] += item[2]
+            acc[4] += item[3]
+            if item[4] is not None:
+                acc[6].append(item[4])
+    for key, (meta, packed, parts, sum_value, count, careful, keep) in hists.items():
+        if parts >= _PACKED_MAX_PARTS:
+            return None
+        # Each cell's buckets add up to its count, or to one more while its
+        # writer is between the two (docs/FORMAT.md): equal sums mean every
+        # cell was whole.
+        if _digit_sum(packed) != count % _DIGIT_MODULUS:
+            return None
+        hist = HistogramValue(
+            meta["lo"], meta["gamma"], meta["integer"], count, sum_value
+        )
+        hist.nbuckets = meta["nbuckets"]
+        hist._state = (packed, parts, {})
+        for other in careful:
+            hist.merge(other)
+        have = totals.get(key)
+        if have is None:
+            totals[key] = _series(meta, hist, dict(meta["labels"]))
+        elif have.kind == "histogram" and have.value.same_scheme(hist):
+            have.value.merge(hist)
+        for kept, word, entry in keep:
+            kept[word] = entry
+    return totals
+
+
+def _series(meta: dict[str, Any], value: Any, labels: dict[str, str]) -> Series:
+    return Series(
+        meta["name"],
+        F.KIND_NAMES[meta["kind"]],
+        meta["help"],
+        meta["unit"],
+        labels,
+        value,
+        meta["key"],
+    )
+
+
+def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Snapshot:
     path, private = resolve_directory(directory)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
@@ -2007,7 +2192,9 @@ def read_directory(
         workers: list[Worker] = []
         bad: list[BadFile] = []
         vanished = False
-        kept = _finals.get(want, {})
+        # Dead and closed workers are read whole, folded read or not.
+        final_want = want._replace(fold=False)
+        kept = _finals.get(final_want, {})
         # No file was added, removed or renamed since the last scan: a dead
         # file with the inode it had is the same file (edits in place wait
         # for REREAD_FINAL_SECONDS).  Otherwise each one is looked at.
@@ -2027,7 +2214,7 @@ def read_directory(
                 ):
                     workers.append(entry[1])
                     continue
-                cached = _cached_final(full, _identity(full), want)
+                cached = _cached_final(full, _identity(full), final_want)
                 if cached is not None:
                     workers.append(cached)
                     continue
@@ -2035,7 +2222,7 @@ def read_directory(
                 worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
                 workers.append(worker)
                 if worker.state in FINAL_STATES:
-                    _remember_final(full, _identity(full), worker, want)
+                    _remember_final(full, _identity(full), worker, final_want)
             except CorruptFileError as exc:
                 if not os.path.lexists(full):
                     vanished = True

@@ -6,13 +6,18 @@ import contextlib
 import math
 import os
 import random
+import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mmstats
+import mmstats._reader
 from mmstats import _format as F
 
 
@@ -215,3 +220,153 @@ class TestConsistentReads:
         for f in finals:
             assert [f.buckets[k] for k in buckets] == [2 * per_thread // 3] * 3
         assert reads > 10 and len(counts) > 5  # the reads raced the writers
+
+
+class TestTotalsRead:
+    """read_totals, what a scrape reads: live workers' counters and
+    histograms go straight into the totals, each histogram checked with
+    the others of its series at once."""
+
+    def test_forked_writers_and_a_polling_scrape_agree_exactly(
+        self, stats_dir: Path
+    ) -> None:
+        """Two forked workers, two threads each, observe and count flat out
+        while this process reads the totals in a loop: every total has a sum
+        that matches its buckets and a count that never goes back, and the
+        counter moves with the histogram."""
+        per_thread = 100_000
+        values = (0.5, 2.0, 8.0)
+        stats = mmstats.Stats(stats_dir, "forked")
+        hist = stats.histogram("sizes", unit="bytes")
+        done = stats.counter("done")
+        buckets = [F.bucket_index(0.5, v) for v in values]
+
+        def child() -> None:
+            def work() -> None:
+                for i in range(per_thread):
+                    hist.observe(values[i % 3])
+                    done.incr()
+
+            threads = [threading.Thread(target=work) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    child()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+
+        last = 0
+        reads = folded = 0
+        running = set(pids)
+        try:
+            while running:
+                snap = mmstats._reader.read_totals(stats_dir)
+                folded += snap._totals is not None
+                totals = snap.totals()
+                got = totals[("sizes", ())].value if ("sizes", ()) in totals else None
+                if got is not None:
+                    parts = [got.buckets.get(k, 0) for k in buckets]
+                    assert got.count == sum(parts) == sum(got.buckets.values())
+                    weighted = zip(values, parts, strict=True)
+                    assert got.sum == sum(v * n for v, n in weighted)
+                    assert got.count >= last
+                    last = got.count
+                    reads += 1
+                for pid in list(running):
+                    finished, status = os.waitpid(pid, os.WNOHANG)
+                    if finished:
+                        running.discard(pid)
+                        assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            for pid in running:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        assert reads > 10 and folded > 0
+        totals = mmstats._reader.read_totals(stats_dir).totals()
+        assert totals[("sizes", ())].value.count == 4 * per_thread
+        assert totals[("done", ())].value == 4 * per_thread
+
+    def test_an_observation_under_way_is_read_the_careful_way(
+        self, stats_dir: Path
+    ) -> None:
+        """A live cell whose bucket holds one more than its count (its
+        writer between the two stores) makes the totals be read again the
+        careful way, which waits for the writer and then takes the buckets."""
+        stats = mmstats.Stats(stats_dir, "app")
+        hist = stats.histogram("t")
+        for v in (0.001, 0.002, 0.002):
+            hist.observe(v)
+        stats.counter("c").incr(4)
+        (path,) = stats_dir.glob("*.mmstats")
+        warm = mmstats._reader.read_totals(stats_dir)
+        assert warm._totals is not None  # folded
+        layout = mmstats._reader._layouts[os.fspath(path)][1]
+        ((mid, meta),) = [(m, x) for m, x in layout.metrics.items() if x["name"] == "t"]
+        (word,) = [w for m, w, _ in layout.cells if m == mid]
+        k = F.bucket_index(meta["lo"], 0.002)
+        with open(path, "r+b") as f:
+            f.seek(8 * (word + F.HIST_BUCKETS + k))
+            (n,) = struct.unpack("=q", f.read(8))
+            f.seek(8 * (word + F.HIST_BUCKETS + k))
+            f.write(struct.pack("=q", n + 1))
+        started = time.monotonic()
+        snap = mmstats._reader.read_totals(stats_dir)
+        assert snap._totals is None  # read again, the careful way
+        assert time.monotonic() - started >= mmstats._reader.RECORD_WAIT * 0.9
+        totals = snap.totals()
+        got = totals[("t", ())].value
+        assert (got.count, got.buckets[k]) == (4, 3)  # the buckets are the truth
+        assert totals[("c", ())].value == 4
+
+    def test_the_totals_equal_those_of_a_whole_read(self, stats_dir: Path) -> None:
+        """Labels, several threads' cells, closed workers and the archive:
+        read_totals and read_directory add up to the same totals."""
+        code = f"""
+import threading, mmstats
+stats = mmstats.Stats({os.fspath(stats_dir)!r}, "gone")
+stats.counter("c", labels={{"k": "a"}}).incr(5)
+stats.histogram("h").observe(0.25)
+"""
+        result = subprocess.run([sys.executable, "-c", code], check=False)
+        assert result.returncode == 0
+        stats = mmstats.Stats(stats_dir, "app")
+
+        def work(i: int) -> None:
+            for j in range(50):
+                stats.counter("c", labels={"k": "ab"[j % 2]}).incr(i + 1)
+                stats.histogram("h").observe(0.001 * (i + j + 1))
+                stats.gauge("g").incr(1)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats.text("v").set("x")
+
+        def view(totals: dict[Any, Any]) -> dict[Any, Any]:
+            return {
+                key: (s.kind, (s.value.count, s.value.sum, s.value.buckets))
+                if s.kind == "histogram"
+                else (s.kind, s.value)
+                for key, s in totals.items()
+            }
+
+        for _ in range(3):  # cold, then from what is kept
+            whole = mmstats.read_directory(stats_dir, slow=False)
+            folded = mmstats._reader.read_totals(stats_dir)
+            assert folded._totals is not None
+            assert view(folded.totals()) == view(whole.totals())
+            assert [w.state for w in folded.workers] == [w.state for w in whole.workers]
+            live = [w for w in folded.workers if w.state == "alive"]
+            assert {s.name for w in live for s in w.series} == {"g", "v"}
