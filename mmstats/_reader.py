@@ -488,7 +488,10 @@ class Worker:
     slow: list[SlowEntry] = field(default_factory=list)
     problem: str | None = None  # why some of the worker's values are missing
     # Counters and histograms read for the totals only (read_totals).
-    _folded: list[tuple[Any, ...]] = field(
+    _folded_counts: list[tuple[dict[str, Any], int]] = field(
+        default_factory=list, repr=False, compare=False
+    )
+    _folded_hists: list[tuple[Any, ...]] = field(
         default_factory=list, repr=False, compare=False
     )
 
@@ -689,7 +692,9 @@ def _has_exited(pidfd: int) -> bool:
     file, can only cost that thread a look at /proc.
     """
     try:
-        return bool(select.select([pidfd], [], [], 0)[0])
+        poll = select.poll()
+        poll.register(pidfd, select.POLLIN)
+        return bool(poll.poll(0))
     except (OSError, ValueError):
         return True  # asked again of /proc
 
@@ -1038,6 +1043,7 @@ class _Layout:
         "slots",
         "rings",
         "selections",
+        "splits",
         "entries",
         "hists",
         "folds",
@@ -1052,6 +1058,7 @@ class _Layout:
         self.slots: list[tuple[int, int]] = []  # (offset, size)
         self.rings: list[tuple[int, int]] = []
         self.selections: dict[Names, _Selection] = {}  # a few: see select()
+        self.splits: dict[Names, tuple[list[Any], list[Any], _Selection]] = {}
         # Slow entries decoded before, by byte offset: (generation, entry).
         self.entries: dict[int, tuple[int, SlowEntry]] = {}
         # Histogram cells read before, by word: (buckets, count, sum, value).
@@ -1061,6 +1068,24 @@ class _Layout:
         # The first and the last record: (offset, (type, size)).
         self.ends: list[tuple[int, tuple[int, int]]] = []
         self.walked = time.monotonic()  # when walked from the start
+
+    def split(self, names: Names) -> tuple[list[Any], list[Any], _Selection]:
+        """Return the counter cells, the histogram cells, and a selection
+        of the gauges and texts of these names: a folded read's parts."""
+        split = self.splits.get(names)
+        if split is None:
+            selection = self.select(names)
+            rest = _Selection(
+                [c for c in selection.cells if c[1]["kind"] not in _FOLDED_KINDS],
+                [m for m in selection.metrics if m[1]["kind"] not in _FOLDED_KINDS],
+                {},
+            )
+            counters = [c for c in selection.cells if c[1]["kind"] == _COUNTER]
+            hists = [c for c in selection.cells if c[1]["kind"] == _HISTOGRAM]
+            if len(self.splits) >= 8:
+                self.splits.clear()
+            split = self.splits[names] = (counters, hists, rest)
+        return split
 
     def select(self, names: Names) -> _Selection:
         """Return the cells and metrics of these names (all for None)."""
@@ -1207,14 +1232,17 @@ def _parse_records(
             _parse_ring(worker, b, q, off, rsize, live, patience, entries, want.rings)
     selection = layout.select(want.names)
     if want.fold and worker.state in LIVE_STATES:
-        _fold_series(worker, selection, q, d, b, live, patience, layout.folds)
+        counters, hists, rest = layout.split(want.names)
+        _fold_series(worker, counters, hists, q, d, b, live, patience, layout.folds)
+        _collect_series(worker, rest, q, d, b, live, patience, layout.hists)
     else:
         _collect_series(worker, selection, q, d, b, live, patience, layout.hists)
 
 
 def _fold_series(
     worker: Worker,
-    selection: _Selection,
+    counters: list[tuple[int, dict[str, Any], int, int]],
+    hists: list[tuple[int, dict[str, Any], int, int]],
     q: Any,
     d: Any,
     b: Any,
@@ -1228,60 +1256,43 @@ def _fold_series(
     its count, and checked later together with every other cell of its
     series (:func:`_fold_totals`): the sums of the buckets and of the
     counts agree, or a write was under way and the read is made again the
-    careful way.  Gauges and texts are read as :func:`_collect_series`
-    reads them.
+    careful way.
     """
-    folded = worker._folded
-    others: list[tuple[int, dict[str, Any], int, int]] = []
-    for cell in selection.cells:
-        mid, meta, word, size = cell
-        kind = meta["kind"]
-        if kind == _COUNTER:
-            value = q[word]
-            if value < 0:
-                raise ValueError(f"a cell of counter id {mid} is negative")
-            folded.append((meta, value))
-        elif kind == _HISTOGRAM:
-            n = meta["nbuckets"]
-            if size < 8 * (F.HIST_BUCKETS + n):
-                raise ValueError("histogram cell is shorter than its buckets")
-            start = (word + F.HIST_BUCKETS) * 8
-            count = q[word + F.HIST_COUNT]
-            sum_value: float = d[word + F.HIST_SUM]
-            raw = bytes(b[start : start + 8 * n])
-            before = kept.get(word)
-            if (
-                before is not None
-                and before[0] == raw
-                and before[1] == count == q[word + F.HIST_COUNT]
-                and before[2] == sum_value
-            ):
-                folded.append((meta, before[3], sum_value, count, None))
-                continue
-            packed = int.from_bytes(raw, F.NATIVE_ORDER)
-            if (
-                n < _DIGIT_SUM_MAX
-                and not packed & _high_bits(n)
-                and q[word + F.HIST_COUNT] == count
-            ):
-                remember = (kept, word, (raw, count, sum_value, packed))
-                folded.append((meta, packed, sum_value, count, remember))
-            else:  # damaged, or being written: the careful way
-                hist = _read_histogram(meta, b, q, d, word, size, live, patience)
-                folded.append((meta, hist))
-        else:
-            others.append(cell)
-    if others:
-        rest = _Selection(
-            others,
-            [
-                (mid, meta)
-                for mid, meta in selection.metrics
-                if meta["kind"] in (_GAUGE, F.KIND_TEXT)
-            ],
-            {},
-        )
-        _collect_series(worker, rest, q, d, b, live, patience, {})
+    counted = worker._folded_counts
+    for mid, meta, word, _ in counters:
+        value = q[word]
+        if value < 0:
+            raise ValueError(f"a cell of counter id {mid} is negative")
+        counted.append((meta, value))
+    folded = worker._folded_hists
+    for _, meta, word, size in hists:
+        n = meta["nbuckets"]
+        if size < 8 * (F.HIST_BUCKETS + n):
+            raise ValueError("histogram cell is shorter than its buckets")
+        start = (word + F.HIST_BUCKETS) * 8
+        count = q[word + F.HIST_COUNT]
+        sum_value: float = d[word + F.HIST_SUM]
+        raw = bytes(b[start : start + 8 * n])
+        before = kept.get(word)
+        if (
+            before is not None
+            and before[0] == raw
+            and before[1] == count == q[word + F.HIST_COUNT]
+            and before[2] == sum_value
+        ):
+            folded.append((meta, before[3], sum_value, count, None))
+            continue
+        packed = int.from_bytes(raw, F.NATIVE_ORDER)
+        if (
+            n < _DIGIT_SUM_MAX
+            and not packed & _high_bits(n)
+            and q[word + F.HIST_COUNT] == count
+        ):
+            remember = (kept, word, (raw, count, sum_value, packed))
+            folded.append((meta, packed, sum_value, count, remember))
+        else:  # damaged, or being written: the careful way
+            hist = _read_histogram(meta, b, q, d, word, size, live, patience)
+            folded.append((meta, hist))
 
 
 def _clean(value: object) -> str:
@@ -1357,6 +1368,7 @@ def _decode_metric(b: Any, off: int, rsize: int) -> tuple[int, dict[str, Any]]:
 
 
 _COUNTER, _GAUGE, _HISTOGRAM = F.KIND_COUNTER, F.KIND_GAUGE, F.KIND_HISTOGRAM
+_FOLDED_KINDS = (_COUNTER, _HISTOGRAM)
 
 
 def _collect_series(
@@ -2121,22 +2133,23 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
     """Return the totals of a folded read, or None when a histogram's
     buckets and counts disagree (a write under way: read again)."""
     totals = aggregate(snapshot.workers, snapshot.archive)
-    # key -> [meta, packed buckets, parts, sum, count, careful values, to keep]
-    hists: dict[tuple[str, LabelKey], list[Any]] = {}
+    # By metric record (shared by every worker with the same one), then by
+    # series: records that differ only in their help name the same series.
+    counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
+    # id(meta) -> [meta, packed buckets, parts, sum, count, careful, to keep]
+    accs: dict[int, list[Any]] = {}
     for worker in snapshot.workers:
-        for item in worker._folded:
-            meta = item[0]
-            key = meta["key"]
-            if meta["kind"] == _COUNTER:
-                have = totals.get(key)
-                if have is None:
-                    totals[key] = _series(meta, item[1], dict(meta["labels"]))
-                elif have.kind == "counter":
-                    have.value += item[1]
-                continue
-            acc = hists.get(key)
+        for meta, value in worker._folded_counts:
+            acc = counts.get(id(meta))
             if acc is None:
-                acc = hists[key] = [meta, 0, 0, 0.0, 0, [], []]
+                counts[id(meta)] = [meta, value]
+            else:
+                acc[1] += value
+        for item in worker._folded_hists:
+            meta = item[0]
+            acc = accs.get(id(meta))
+            if acc is None:
+                acc = accs[id(meta)] = [meta, 0, 0, 0.0, 0, [], []]
             if len(item) == 2:
                 acc[5].append(item[1])
                 continue
@@ -2146,6 +2159,28 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             acc[4] += item[3]
             if item[4] is not None:
                 acc[6].append(item[4])
+    for meta, value in counts.values():
+        key = meta["key"]
+        have = totals.get(key)
+        if have is None:
+            totals[key] = _series(meta, value, dict(meta["labels"]))
+        elif have.kind == "counter":
+            have.value += value
+    hists: dict[tuple[str, LabelKey], list[Any]] = {}
+    for acc in accs.values():
+        meta = acc[0]
+        same = hists.get(meta["key"])
+        if same is None:
+            hists[meta["key"]] = acc
+        elif same[0]["lo"] == meta["lo"] and same[0]["gamma"] == meta["gamma"]:
+            # Another record of the same series: one check for both.
+            same[1] += acc[1]
+            same[2] += acc[2]
+            same[3] += acc[3]
+            same[4] += acc[4]
+            same[5].extend(acc[5])
+            same[6].extend(acc[6])
+        # else other buckets under the same name: the first kept, as aggregate does
     for key, (meta, packed, parts, sum_value, count, careful, keep) in hists.items():
         if parts >= _PACKED_MAX_PARTS:
             return None
