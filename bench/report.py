@@ -317,7 +317,13 @@ def _reading_goals(rd: Results | None) -> list[tuple[str, str, str, bool | None]
     # Prometheus scrapes a running exporter: the verdict is on a scrape
     # that follows others; the first one is shown for comparison.
     for reader, how, goal in (
-        ("mmstats scrape", "by a running exporter", True),
+        ("mmstats scrape", "by a running exporter, workers idle since the last", True),
+        (
+            "mmstats scrape (busy)",
+            "by a running exporter, every counter and histogram of every worker"
+            " changed since the last",
+            True,
+        ),
         ("mmstats scrape (cold)", "the first, nothing kept", False),
     ):
         mine = ms(reader, base)
@@ -659,12 +665,20 @@ def _reading_section(d: Results, plot_name: str | None) -> list[str]:
         " `mmstats json` through their click command with output to memory,"
         " `mmstats.scrape(dir)`; `MultiProcessCollector.collect()` and"
         " `generate_latest`), CPU milliseconds per call. A process that reads"
-        " again and again (`top`, `serve`, the page) keeps what never changes"
-        " between reads: decoded metric records, where each file's records"
-        " are, decoded slow entries, dead workers; values are read anew every"
-        " time. Rows marked *(cold)* drop all of that before each call, which"
-        " is what one `mmstats show` or `mmstats json` command does;"
-        " prometheus_client keeps nothing between collects.",
+        " again and again (`top`, `serve`, the page, an exporter) keeps what"
+        " never changes between reads: decoded metric records, where each"
+        " file's records are, decoded slow entries, dead workers; it keeps"
+        " live workers' files mapped and watches their processes through pid"
+        " descriptors; and it decodes a histogram cell again only when its"
+        " bytes changed. The workers here are idle while they are read, so a"
+        " read that follows another finds every cell as it was; *scrape (busy)*"
+        " is the other extreme: before each timed scrape (and outside its"
+        " time) one observation is written into every histogram cell and one"
+        " increment into every counter cell of every live worker, in the order"
+        " their writers store them, so that nothing is as it was. Rows marked"
+        " *(cold)* drop all of that before each call, which is what one"
+        " `mmstats show` or `mmstats json` command does; prometheus_client"
+        " keeps nothing between collects.",
         "",
     ]
     if plot_name:
