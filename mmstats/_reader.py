@@ -1698,13 +1698,18 @@ class Snapshot:
     _totals: dict[tuple[str, LabelKey], Series] | None = field(
         default=None, repr=False, compare=False
     )
+    # From a scan by plan: its dead and closed workers, known to be the ones
+    # kept (their ids, sorted, and the workers themselves).
+    _finals: tuple[tuple[int, ...], list[Worker]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def totals(self) -> dict[tuple[str, LabelKey], Series]:
         """Return counters and histograms summed over workers and the archive,
         and gauges per label set as :class:`GaugeTotal`."""
         if self._totals is not None:
             return self._totals
-        return aggregate(self.workers, self.archive)
+        return aggregate(self.workers, self.archive, self._finals)
 
     def slow(self, limit: int | None = None, sort: str = "end") -> list[SlowEntry]:
         """Return the slow entries of all workers and the archive, merged."""
@@ -1721,7 +1726,9 @@ LIVE_STATES = ("alive", "unknown")
 
 
 def aggregate(
-    workers: Iterable[Worker], archive: Archive | None = None
+    workers: Iterable[Worker],
+    archive: Archive | None = None,
+    _finals: tuple[tuple[int, ...], list[Worker]] | None = None,
 ) -> dict[tuple[str, LabelKey], Series]:
     """Add workers up: counters and histograms summed, gauges as GaugeTotal.
 
@@ -1731,17 +1738,25 @@ def aggregate(
     page) pays for them once, not on every read.
     """
     workers = list(workers)
-    final = [w for w in workers if w.state in FINAL_STATES]
-    # Only workers held by the read cache are known never to change (a
-    # caller may pass edited copies): those are summed once and kept.
-    kept = all(_final_workers.get(id(w)) is w for w in final)
-    key = tuple(sorted(id(w) for w in final)) if kept else None
-    entry = _final_sums.get(key) if key is not None else None
-    # The entry holds the workers themselves, so no other object can have
-    # taken their ids; checked all the same.
-    if entry is not None and all(
-        a is b for a, b in zip(entry[0], sorted(final, key=id), strict=True)
-    ):
+    key: tuple[int, ...] | None
+    if _finals is not None:
+        # A scan by plan: these are the kept workers (the plan holds them).
+        key, final = _finals
+        entry = _final_sums.get(key)
+    else:
+        final = [w for w in workers if w.state in FINAL_STATES]
+        # Only workers held by the read cache are known never to change (a
+        # caller may pass edited copies): those are summed once and kept.
+        kept = all(_final_workers.get(id(w)) is w for w in final)
+        key = tuple(sorted(id(w) for w in final)) if kept else None
+        entry = _final_sums.get(key) if key is not None else None
+        # The entry holds the workers themselves, so no other object can
+        # have taken their ids; checked all the same.
+        if entry is not None and not all(
+            a is b for a, b in zip(entry[0], sorted(final, key=id), strict=True)
+        ):
+            entry = None
+    if entry is not None:
         base = entry[1]
     else:
         base = {}
@@ -2028,6 +2043,7 @@ def drop_caches() -> None:
     _final_sums.clear()
     _listings.clear()
     _stamps.clear()
+    _plans.clear()
     from . import _archive
     from ._report import forget_entry_texts
 
@@ -2046,6 +2062,7 @@ _CACHES = (
     "_final_workers",
     "_final_sums",
     "_listings",
+    "_plans",
 )
 
 
@@ -2132,7 +2149,7 @@ def read_totals(directory: str | os.PathLike[str] | None = None) -> Snapshot:
 def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | None:
     """Return the totals of a folded read, or None when a histogram's
     buckets and counts disagree (a write under way: read again)."""
-    totals = aggregate(snapshot.workers, snapshot.archive)
+    totals = aggregate(snapshot.workers, snapshot.archive, snapshot._finals)
     # By metric record (shared by every worker with the same one), then by
     # series: records that differ only in their help name the same series.
     counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
@@ -2218,8 +2235,106 @@ def _series(meta: dict[str, Any], value: Any, labels: dict[str, str]) -> Series:
     )
 
 
+class _Plan(NamedTuple):
+    """A directory's files as its last scan found them, for the next scan
+    while nothing was added, removed or renamed: each file's path, with its
+    worker when that is dead or closed (taken as it was), else None (read).
+    """
+
+    stamp: tuple[int, ...]
+    oldest: float  # when the oldest dead or closed worker was read
+    steps: list[tuple[str, Worker | None]]
+    finals: tuple[tuple[int, ...], list[Worker]]  # for aggregate()
+
+
+# (directory, what is read) -> the plan of its next scan
+_plans: dict[tuple[str, _Want], _Plan] = {}
+
+
+def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
+    """Scan by the last scan's plan if the directory is as it was then:
+    only live (and unreadable) files are read; None if there is no plan."""
+    plan = _plans.get((path, final_want))
+    if plan is None:
+        return None
+    stamp = _directory_stamp(path)
+    if not stamp or stamp != plan.stamp or _stamps.get(path) != stamp:
+        return None
+    if time.monotonic() - plan.oldest > REREAD_FINAL_SECONDS:
+        return None
+    archive = load_archive(path)
+    if archive.error:
+        return None  # the ordinary scan reports it
+    kept = _finals.get(final_want, {})
+    patience = _Patience(SCAN_WAIT)
+    workers: list[Worker] = []
+    bad: list[BadFile] = []
+    died = False
+    for full, final in plan.steps:
+        if final is not None:
+            workers.append(final)
+            continue
+        entry = kept.get(full)
+        if entry is not None:  # died since the plan was made
+            return None
+        try:
+            worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
+        except CorruptFileError as exc:
+            if not os.path.lexists(full):
+                return None
+            _log_bad_once(exc)
+            bad.append(BadFile(full, exc.reason))
+            continue
+        workers.append(worker)
+        if worker.state in FINAL_STATES:
+            _remember_final(full, _identity(full), worker, final_want)
+            died = True
+    snapshot = Snapshot(path, time.time(), workers, bad, archive, [])
+    if died:  # a worker died since: the next scan makes a new plan
+        _plans.pop((path, final_want), None)
+    else:
+        snapshot._finals = plan.finals
+    return snapshot
+
+
+def _make_plan(
+    path: str,
+    stamp: tuple[int, ...],
+    final_want: _Want,
+    workers: list[Worker],
+    bad: list[BadFile],
+    archive: Archive,
+) -> None:
+    kept = _finals.get(final_want, {})
+    steps: list[tuple[str, Worker | None]] = []
+    finals: list[Worker] = []
+    oldest = time.monotonic()
+    for worker in workers:
+        entry = kept.get(worker.path)
+        if worker.state in FINAL_STATES and entry is not None and entry[1] is worker:
+            steps.append((worker.path, worker))
+            finals.append(worker)
+            oldest = min(oldest, entry[2])
+        else:
+            steps.append((worker.path, None))
+    steps.extend(
+        (b.path, None) for b in bad if b.path != os.path.join(path, ARCHIVE_NAME)
+    )
+    steps.sort(key=lambda step: step[0])
+    if len(_plans) >= 16:
+        _plans.clear()
+    key = tuple(sorted(id(w) for w in finals))
+    _plans[(path, final_want)] = _Plan(stamp, oldest, steps, (key, finals))
+
+
 def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Snapshot:
     path, private = resolve_directory(directory)
+    final_want = want._replace(fold=False)
+    planned = _planned_scan(path, want, final_want)
+    if planned is not None:
+        planned.problems = directory_problems(path, private)
+        return planned
+    _plans.pop((path, final_want), None)
     patience = _Patience(SCAN_WAIT)
     for _attempt in range(5):
         listing, stamp = _list_with_inodes(path)
@@ -2228,7 +2343,6 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
         bad: list[BadFile] = []
         vanished = False
         # Dead and closed workers are read whole, folded read or not.
-        final_want = want._replace(fold=False)
         kept = _finals.get(final_want, {})
         # No file was added, removed or renamed since the last scan: a dead
         # file with the inode it had is the same file (edits in place wait
@@ -2276,6 +2390,8 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
         and (time.time_ns() - max(stamp[1], stamp[2]) > 100_000_000)
     ):
         _stamps[path] = stamp
+        if not vanished and not archive.error:
+            _make_plan(path, stamp, final_want, workers, bad, archive)
     else:
         _stamps.pop(path, None)
     names_now = frozenset(name for name, _ in listing)

@@ -790,3 +790,86 @@ def test_a_pid_reused_by_another_process_is_not_taken_for_the_watched_one(
     finally:
         proc.kill()
         proc.wait()
+
+
+# == scans by plan: a directory as it was at the last scan ============================
+
+
+def _quiet(stats_dir: Path) -> None:
+    """Let the directory's change times fall 0.1 s behind, so that a scan
+    may trust them (and make a plan for the next scan)."""
+    time.sleep(0.15)
+
+
+def test_a_worker_that_dies_between_planned_scans_stays_in_the_totals(
+    stats_dir: Path,
+) -> None:
+    """The directory does not change when a worker dies: a scan by plan
+    reads it, finds it dead, and its counts are neither lost nor counted
+    twice, then or after."""
+    for i in range(5):
+        _write(
+            stats_dir / f"app.{i}.dead.mmstats",
+            [_metric(1, "n"), _counter(1, 10)],
+            pid=DEAD_PID - i,
+        )
+    proc = _child_writer(stats_dir)
+    try:
+        _quiet(stats_dir)
+        for _ in range(3):
+            snap = mmstats.read_directory(stats_dir)
+            assert snap.totals()[("c", ())].value == 3
+            assert snap.totals()[("n", ())].value == 50
+        assert _reader._plans  # the scans above went by plan
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for _ in range(3):
+            snap = mmstats.read_directory(stats_dir)
+            assert sorted(w.state for w in snap.workers) == ["closed"] * 5 + ["dead"]
+            assert snap.totals()[("c", ())].value == 3
+            assert snap.totals()[("n", ())].value == 50
+            assert _view(snap) == _fresh(stats_dir)
+            assert mmstats.scrape(stats_dir) == _scrape_fresh(stats_dir)
+            _quiet(stats_dir)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _scrape_fresh(stats_dir: Path) -> bytes:
+    _reader.drop_caches()
+    return mmstats.scrape(stats_dir)
+
+
+def test_planned_scans_see_files_added_removed_and_replaced(stats_dir: Path) -> None:
+    """Any change to the directory's entries makes a full scan again."""
+    for i in range(3):
+        _write(
+            stats_dir / f"app.{i}.dead.mmstats",
+            [_metric(1, "n"), _counter(1, i + 1)],
+            pid=DEAD_PID - i,
+        )
+    _quiet(stats_dir)
+    changes: list[Callable[[], None]] = [
+        lambda: _write(
+            stats_dir / "app.9.dead.mmstats",
+            [_metric(1, "n"), _counter(1, 100)],
+            pid=DEAD_PID - 9,
+        ),
+        lambda: (stats_dir / "app.0.dead.mmstats").unlink(),
+        lambda: (
+            _write(
+                stats_dir / ".new",
+                [_metric(1, "n"), _counter(1, 1000)],
+                pid=DEAD_PID - 20,
+            ),
+            os.replace(stats_dir / ".new", stats_dir / "app.1.dead.mmstats"),
+        ),
+    ]
+    for change in changes:
+        for _ in range(2):
+            mmstats.read_directory(stats_dir)
+        change()
+        assert _view(mmstats.read_directory(stats_dir)) == _fresh(stats_dir)
+        _quiet(stats_dir)
+    assert mmstats.read_directory(stats_dir).totals()[("n", ())].value == 1103
