@@ -74,6 +74,12 @@ def format_value(value: float) -> str:
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    return _label_text(tuple(pairs))
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    # The same label sets come back at every scrape: made once.
     body = ",".join(f'{label_name(k)}="{escape_label(v)}"' for k, v in pairs)
     return "{" + body + "}" if body else ""
 
