@@ -28,6 +28,27 @@ import _util
 # each worker then points it at its directory before making its metrics.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.devnull)
 
+
+def _raise_open_files() -> None:
+    """Let this one process be the long-running reader of every directory.
+
+    A reader keeps live workers' files mapped and their processes watched,
+    two descriptors each, within a quarter of the limit of open files; one
+    exporter reads one directory, but this process stands for one reader
+    per directory at once (hard links make each directory's files new
+    paths), so it takes as many descriptors as the hard limit allows, up to
+    8,192, before mmstats is imported and reads the limit.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+_raise_open_files()
+
 import _workers  # noqa: E402
 import prometheus_client  # noqa: E402, F401  imported once, before the forks
 

@@ -709,7 +709,7 @@ def _watch(pid: int, ticks: int) -> None:
         _sighted.add(ident)
         return
     if len(_watched) >= _HELD_MAX:
-        for old in list(_watched):
+        for old in list(_watched)[: max(1, len(_watched) // 4)]:
             _unwatch(old)
     try:
         pidfd = os.pidfd_open(pid)
@@ -794,13 +794,16 @@ _held: dict[str, tuple[tuple[Any, ...], int, Any, tuple[int, int]]] = {}
 
 
 def _held_limit() -> int:
+    """Return how many live workers' files to keep mapped (and processes to
+    watch): two descriptors each, a quarter of the limit of open files in
+    all, and never more than 1,024 workers."""
     try:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (OSError, ValueError):
         return 0
     if soft == resource.RLIM_INFINITY:
-        return 256
-    return max(0, min(256, soft // 4))
+        return 1024
+    return max(0, min(1024, soft // 8))
 
 
 _HELD_MAX = _held_limit()
