@@ -352,23 +352,76 @@ def _contender(func: Callable[[], object], seconds: float) -> Callable[[], float
     return run if prepare is None else run_prepared
 
 
-def measure_reads(
-    dirs: dict[str, str], counts: tuple[int, ...], quick: bool
-) -> dict[str, Any]:
-    """Time every reader over every directory in interleaved rounds."""
-    seconds = 0.005 if quick else 0.05
-    rounds = 2 if quick else 5
-    scenarios = [str(n) for n in counts] + ["recycled", "recycled-clean"]
+# What an exporter does: Prometheus asks a process that reads one directory.
+EXPORTER_READERS = (
+    "mmstats scrape",
+    "mmstats scrape (busy)",
+    "mmstats scrape (cold)",
+    "prometheus_client collect + generate_latest",
+)
+
+
+def _contenders(
+    dirs: dict[str, str], scenarios: list[str], readers: tuple[str, ...], seconds: float
+) -> dict[str, Callable[[], float]]:
     contenders = {}
     for scenario in scenarios:
-        for reader, (kind, make) in READERS.items():
+        for reader in readers:
+            kind, make = READERS[reader]
             key = f"{kind}-{scenario}"
             if key not in dirs:
                 continue  # prometheus_client has no clean
             if reader.endswith("(busy)") and scenario != dirs["base"]:
                 continue  # traffic is made in the files of one count only
             contenders[f"{reader}|{scenario}"] = _contender(make(dirs[key]), seconds)
-    samples = _util.interleave(contenders, rounds)
+    return contenders
+
+
+def _exporter_samples(
+    dirs: dict[str, str], scenario: str, rounds: int, seconds: float
+) -> dict[str, list[float]]:
+    """Time the scrapes of one directory in a process of their own.
+
+    An exporter reads one directory; this process reads them all, and what
+    its readers keep of the other directories (hundreds of files, thousands
+    of dead workers) would weigh on a scrape as it never does on a real
+    exporter's.
+    """
+    job = json.dumps(
+        {"dirs": dirs, "scenario": scenario, "rounds": rounds, "seconds": seconds}
+    )
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--exporter", job],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the exporter run of {scenario} failed: {done.stderr}")
+    samples: dict[str, list[float]] = json.loads(done.stdout)
+    return samples
+
+
+def _exporter_main(job_text: str) -> None:
+    job = json.loads(job_text)
+    contenders = _contenders(
+        job["dirs"], [job["scenario"]], EXPORTER_READERS, job["seconds"]
+    )
+    print(json.dumps(_util.interleave(contenders, job["rounds"])))
+
+
+def measure_reads(
+    dirs: dict[str, str], counts: tuple[int, ...], quick: bool
+) -> dict[str, Any]:
+    """Time every reader over every directory in interleaved rounds; the
+    scrapes of each directory in a process of their own."""
+    seconds = 0.005 if quick else 0.05
+    rounds = 2 if quick else 5
+    scenarios = [str(n) for n in counts] + ["recycled", "recycled-clean"]
+    others = tuple(r for r in READERS if r not in EXPORTER_READERS)
+    samples = _util.interleave(_contenders(dirs, scenarios, others, seconds), rounds)
+    for scenario in scenarios:
+        samples.update(_exporter_samples(dirs, scenario, rounds, seconds))
     rows = []
     for key, values in samples.items():
         reader, scenario = key.split("|")
@@ -629,4 +682,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--exporter"]:
+        _exporter_main(sys.argv[2])
+    else:
+        main()
