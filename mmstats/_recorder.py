@@ -19,7 +19,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from . import _format as F
-from ._stats import CounterSeries, HistogramSeries, Stats
+from ._stats import CounterSeries, HistogramSeries, Stats, observe_at
 from ._writer import Cell
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=Non
 _perf = time.perf_counter
 _wall = time.time
 _HEARTBEAT = F.H_HEARTBEAT // 8
+# Query counts below this find their bucket in a table, not by bisection.
+_QUERY_TABLE_SIZE = 64
 # A view's name as a string field, its request counter and its time histogram.
 _ViewSeries = tuple[bytes, CounterSeries, HistogramSeries]
 
@@ -254,6 +256,47 @@ class Request:
             q[w + F.S_SEQ] += 1
 
 
+class _Bindings:
+    """One thread's bound cells of the request metrics, in one file.
+
+    Bound once per thread, and again after a new file, from the series
+    themselves (:meth:`~mmstats._stats._Series.bound`): the recorder and the
+    series' own methods write the same cells with the same private totals,
+    and a request costs one thread-local lookup instead of one per metric.
+    """
+
+    __slots__ = (
+        "generation",
+        "requests",
+        "responses",
+        "in_flight",
+        "seconds",
+        "queries",
+        "db_seconds",
+        "views",
+    )
+
+    def __init__(self, recorder: RequestRecorder, generation: int, status: int) -> None:
+        # Bound in the order the recorder first writes them, so a thread's
+        # cells are allocated as they were before bindings: the golden file
+        # (tests/golden) pins that order.
+        self.generation = generation
+        self.in_flight: tuple[Any, int] = recorder.in_flight.bound()
+        self.requests = recorder.requests.bound()
+        # By the status's first digit; a class is bound by its first
+        # response, so a file holds cells only for classes that occurred.
+        self.responses: list[Any] = [None] * 10
+        if 100 <= status < 600:
+            series = recorder._by_hundreds[status // 100]
+            assert series is not None
+            self.responses[status // 100] = series.bound()
+        self.seconds = recorder.request_seconds.bound()
+        self.queries = recorder.db_queries.bound()
+        self.db_seconds = recorder.db_seconds.bound()
+        # Counter and histogram bindings of the views kept in the recorder.
+        self.views: dict[str, tuple[Any, Any]] = {}
+
+
 class RequestRecorder:
     """Record requests of this process into its stats file.
 
@@ -310,6 +353,12 @@ class RequestRecorder:
         # Indexed by the status's first digit; None where there is no class.
         self._by_hundreds = (None, *self.responses.values(), None, None, None, None)
         self._views: dict[str, _ViewSeries] = {}
+        # Buckets known before any value: the time of a request and of its
+        # view share their bounds, and most requests make few queries.
+        self._db_zero = self.db_seconds.bucket(0.0)
+        self._query_buckets = [
+            self.db_queries.bucket(n) for n in range(_QUERY_TABLE_SIZE)
+        ]
         self._reset()
         self._writer.reset_hooks.append(self._reset)
 
@@ -321,6 +370,7 @@ class RequestRecorder:
                 os.close(statm)  # the child's copy of the parent's /proc file
             except OSError:
                 pass
+        self._local = threading.local()
         self._free_slots: list[Cell] = []
         self._slot_count = 0
         self._ring: Cell | None = None
@@ -370,6 +420,38 @@ class RequestRecorder:
         self._rss_at = now
         self._rss = self.rss()
         self._rss_shown = False
+
+    def _bind_thread(self, status: int) -> _Bindings:
+        """Bind the calling thread's cells of the request metrics.
+
+        Called by a thread's first recorded finish in a file, with its status.
+        """
+        # The thread-local is taken first: if the file is replaced meanwhile,
+        # the bindings go to the old one, which nothing reads any more.
+        local = self._local
+        writer = self._writer
+        # A new file's reset hooks run under the lock: once it is free, every
+        # series has dropped the old file's bindings for this generation.  A
+        # file replaced while binding leaves a generation that no longer
+        # matches, so the next request binds again.
+        with writer.lock:
+            generation = writer.generation
+        local.bindings = bindings = _Bindings(self, generation, status)
+        return bindings
+
+    def _bind_view(self, bindings: _Bindings, view: str) -> tuple[Any, Any]:
+        """Return the thread's bound counter and histogram of a view."""
+        kept = self._views.get(view)
+        _, count, hist = kept or self._view_series(view)
+        # finish() puts a view's time in the bucket it found for the
+        # request's time: both are histograms in seconds.
+        assert hist.unit == self.request_seconds.unit
+        bound = (count.bound(), hist.bound())
+        # A view past the label cap is not kept by _view_series, so each of
+        # its requests still counts as a dropped label use.
+        if kept is not None or view in self._views:
+            bindings.views[view] = bound
+        return bound
 
     # -- slots and ring --------------------------------------------------------
 
@@ -460,8 +542,15 @@ class RequestRecorder:
             # instant its file is replaced can leave the new file's in-flight
             # gauge off by one; exact only with a lock, which requests never
             # take.
-            request._generation = self._writer.generation
-            self.in_flight.incr()
+            generation = request._generation = self._writer.generation
+            # The thread's bindings are made by its first finish: until then
+            # no metric but the in-flight gauge is created.
+            bindings = getattr(self._local, "bindings", None)
+            if bindings is not None and bindings.generation == generation:
+                d, i = bindings.in_flight
+                d[i] += 1
+            else:
+                self.in_flight.incr()
             request._token = _current.set(request)
         except Exception:
             log.exception("mmstats could not record the start of a request")
@@ -486,11 +575,19 @@ class RequestRecorder:
             # new one.
             writer = self._writer
             generation = writer.generation
+            bindings = getattr(self._local, "bindings", None)
+            if bindings is not None and bindings.generation != generation:
+                bindings = None
             token = request._token
             if token is not None:
                 # The token is set last in start: only then is it in flight.
                 request._token = None
-                if request._generation == generation:
+                if request._generation != generation:
+                    pass
+                elif bindings is not None:
+                    d, i = bindings.in_flight
+                    d[i] -= 1
+                else:
                     self.in_flight.decr()
                 if _current.get() is request:
                     try:
@@ -507,11 +604,16 @@ class RequestRecorder:
             if request.ignored:
                 return
 
-            self.requests.incr()
+            if bindings is None:
+                bindings = self._bind_thread(status)
+            bindings.requests.add(1)
             if 100 <= status < 600:
-                responses = self._by_hundreds[status // 100]
-                if responses is not None:
-                    responses.incr()
+                responses = bindings.responses[status // 100]
+                if responses is None:
+                    series = self._by_hundreds[status // 100]
+                    assert series is not None
+                    responses = bindings.responses[status // 100] = series.bound()
+                responses.add(1)
             if exception is not None:
                 request.exception = exception_name(exception)
             if request.exception is not None:
@@ -520,14 +622,25 @@ class RequestRecorder:
                     "Unhandled exceptions by class",
                     {"exception": request.exception},
                 ).incr()
-            self.request_seconds.observe(duration)
-            self.db_queries.observe(request.queries)
-            self.db_seconds.observe(request.db_seconds)
+            k = self.request_seconds.bucket(duration)
+            observe_at(bindings.seconds, k, duration)
+            queries = request.queries
+            if 0 <= queries < _QUERY_TABLE_SIZE:
+                observe_at(bindings.queries, self._query_buckets[queries], queries)
+            else:
+                self.db_queries.observe(queries)
+            db_seconds = request.db_seconds
+            if db_seconds == 0.0:
+                observe_at(bindings.db_seconds, self._db_zero, 0.0)
+            else:
+                self.db_seconds.observe(db_seconds)
             view = request.view
             if view:
-                _, count, hist = self._views.get(view) or self._view_series(view)
-                count.incr()
-                hist.observe(duration)
+                count, hist = bindings.views.get(view) or self._bind_view(
+                    bindings, view
+                )
+                count.add(1)
+                observe_at(hist, k, duration)
 
             wall_end = request.wall_started + duration
             header = writer.header

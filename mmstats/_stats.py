@@ -87,6 +87,22 @@ class _Series:
         self._tl = threading.local()
         self._cells = {}
 
+    def _bind(self) -> Any:
+        raise NotImplementedError
+
+    def bound(self) -> Any:
+        """Return what the calling thread writes through, binding it on first use.
+
+        A counter gives its :class:`_CounterCell`, a gauge ``(d, word)`` and
+        a histogram ``(q, d, totals)``: the objects its own methods use, so a
+        caller holding them (the request recorder, once per thread) writes
+        the same cell and keeps the same private totals.
+        """
+        try:
+            return self._tl.cell
+        except AttributeError:
+            return self._bind()
+
     def _cell(self) -> Any:
         """Return the calling thread's cell, allocating it on first use."""
         writer = self._writer
@@ -124,6 +140,12 @@ class _CounterCell:
         # Read once, when the thread takes the cell: a cell handed over by
         # an ended thread keeps counting from where that thread left it.
         self.total: int = self.view[0]
+
+    def add(self, n: int) -> None:
+        """Add ``n`` (not checked: the caller's own count) to the cell."""
+        total = self.total + n
+        self.view[0] = total
+        self.total = total
 
 
 class CounterSeries(_Series):
@@ -255,9 +277,35 @@ class HistogramSeries(_Series):
         q[0] = count
         totals[0] = count
 
+    def bucket(
+        self,
+        value: float,
+        _bisect: Callable[[tuple[float, ...], float], int] = bisect.bisect_left,
+    ) -> int:
+        """Return the word of the bucket ``value`` falls in, for :func:`observe_at`."""
+        return _bisect(self._bounds, value) + 2  # bucket 0 is word 2
+
     def time(self) -> _Timer:
         """Time a block (``with h.time():``) or a function (``@h.time()``)."""
         return _Timer(self)
+
+
+def observe_at(bound: tuple[Any, Any, list[Any]], k: int, value: float) -> None:
+    """Record ``value`` in bucket word ``k`` of a histogram's bound cell.
+
+    The same stores, in the same order, as :meth:`HistogramSeries.observe`,
+    for a caller that already holds the thread's binding
+    (:meth:`_Series.bound`) and the bucket (:meth:`HistogramSeries.bucket`);
+    ``value`` must be a float or an int.
+    """
+    q, d, totals = bound
+    total = totals[1] + value
+    q[k] += 1
+    d[1] = total
+    totals[1] = total
+    count = totals[0] + 1
+    q[0] = count
+    totals[0] = count
 
 
 class _Timer:
