@@ -136,6 +136,41 @@ def exception_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+class _Slot:
+    """A request slot: its views and where each of its fields is, found once."""
+
+    __slots__ = (
+        "q",
+        "d",
+        "b",
+        "generation",
+        "seq",
+        "state",
+        "started",
+        "thread",
+        "queries",
+        "db_seconds",
+        "method_at",
+        "path_at",
+        "view_at",
+    )
+
+    def __init__(self, cell: Cell) -> None:
+        self.q, self.d, self.b = cell.q, cell.d, cell.b
+        self.generation = cell.generation
+        # Word indexes of the fixed fields, byte offsets of the strings.
+        w = cell.word
+        self.seq = w + F.S_SEQ
+        self.state = w + F.S_STATE
+        self.started = w + F.S_STARTED
+        self.thread = w + F.S_THREAD
+        self.queries = w + F.S_QUERIES
+        self.db_seconds = w + F.S_DB_SECONDS
+        self.method_at = (w + F.S_STRINGS) * 8
+        self.path_at = self.method_at + F.METHOD_SIZE
+        self.view_at = self.method_at + _VIEW_OFFSET
+
+
 class Request:
     """One request being recorded.
 
@@ -173,7 +208,7 @@ class Request:
         view: str | None = None,
     ) -> None:
         self._recorder = recorder
-        self._slot: Cell | None = None
+        self._slot: _Slot | None = None
         self._token: Token[Request | None] | None = None
         # The file generation whose in-flight gauge counts this request.
         self._generation = -1
@@ -211,8 +246,8 @@ class Request:
         self.db_seconds += seconds
         slot = self._slot
         if slot is not None and slot.generation == self._recorder._writer.generation:
-            slot.q[slot.word + F.S_QUERIES] = self.queries
-            slot.d[slot.word + F.S_DB_SECONDS] = self.db_seconds
+            slot.q[slot.queries] = self.queries
+            slot.d[slot.db_seconds] = self.db_seconds
 
     def ignore(self) -> None:
         """Leave this request out of the metrics (the stats endpoints' own).
@@ -226,7 +261,7 @@ class Request:
         self.ignored = True
         slot = self._slot
         if slot is not None:
-            slot.q[slot.word + F.S_STATE] = 0
+            slot.q[slot.state] = 0
         # Nor as one in the in-flight gauge: taken back now, in the thread
         # that counted it, and left alone by finish().
         recorder = self._recorder
@@ -249,11 +284,10 @@ class Request:
         self.view_field = field
         slot = self._slot
         if slot is not None and slot.generation == recorder._writer.generation:
-            q, w = slot.q, slot.word
-            start = (w + F.S_STRINGS) * 8 + _VIEW_OFFSET
-            q[w + F.S_SEQ] += 1
+            q, seq, start = slot.q, slot.seq, slot.view_at
+            q[seq] += 1
             slot.b[start : start + len(field)] = field
-            q[w + F.S_SEQ] += 1
+            q[seq] += 1
 
 
 class _Bindings:
@@ -274,6 +308,7 @@ class _Bindings:
         "queries",
         "db_seconds",
         "views",
+        "thread",
     )
 
     def __init__(self, recorder: RequestRecorder, generation: int, status: int) -> None:
@@ -295,6 +330,8 @@ class _Bindings:
         self.db_seconds = recorder.db_seconds.bound()
         # Counter and histogram bindings of the views kept in the recorder.
         self.views: dict[str, tuple[Any, Any]] = {}
+        # What a slot shows as the thread serving its request.
+        self.thread = threading.get_ident()
 
 
 class RequestRecorder:
@@ -371,7 +408,7 @@ class RequestRecorder:
             except OSError:
                 pass
         self._local = threading.local()
-        self._free_slots: list[Cell] = []
+        self._free_slots: list[_Slot] = []
         self._slot_count = 0
         self._ring: Cell | None = None
         self._ring_counter = itertools.count()
@@ -455,7 +492,7 @@ class RequestRecorder:
 
     # -- slots and ring --------------------------------------------------------
 
-    def _new_slot(self) -> Cell:
+    def _new_slot(self) -> _Slot:
         """Allocate one more slot; finished requests' slots go first."""
         writer = self._writer
         with writer.lock:
@@ -468,7 +505,7 @@ class RequestRecorder:
             cell: Cell = writer.allocate(F.R_SLOT, F.SLOT_SIZE, fill)
         cell.byte += 16
         cell.word += 2
-        return cell
+        return _Slot(cell)
 
     def _ring_cell(self) -> Cell:
         ring = self._ring
@@ -522,22 +559,6 @@ class RequestRecorder:
             if slot is None or slot.generation != self._writer.generation:
                 slot = self._new_slot()
             request._slot = slot
-            q, w = slot.q, slot.word
-            strings = (w + F.S_STRINGS) * 8
-            path_at = strings + F.METHOD_SIZE
-            view_at = strings + _VIEW_OFFSET
-            q[w + F.S_SEQ] += 1
-            slot.d[w + F.S_STARTED] = wall
-            q[w + F.S_THREAD] = threading.get_ident()
-            q[w + F.S_QUERIES] = 0
-            slot.d[w + F.S_DB_SECONDS] = 0.0
-            b = slot.b
-            b[strings:path_at] = request.method_field
-            b[path_at : path_at + len(request.path_field)] = request.path_field
-            b[view_at : view_at + len(request.view_field)] = request.view_field
-            q[w + F.S_STATE] = 1
-            q[w + F.S_SEQ] += 1
-
             # Known limitation (#7): a request starting or ending in the
             # instant its file is replaced can leave the new file's in-flight
             # gauge off by one; exact only with a lock, which requests never
@@ -545,8 +566,29 @@ class RequestRecorder:
             generation = request._generation = self._writer.generation
             # The thread's bindings are made by its first finish: until then
             # no metric but the in-flight gauge is created.
-            bindings = getattr(self._local, "bindings", None)
-            if bindings is not None and bindings.generation == generation:
+            try:
+                bindings: _Bindings | None = self._local.bindings
+            except AttributeError:
+                bindings = None
+            if bindings is not None and bindings.generation != generation:
+                bindings = None
+
+            q, seq, b = slot.q, slot.seq, slot.b
+            path_at, view_at = slot.path_at, slot.view_at
+            q[seq] += 1
+            slot.d[slot.started] = wall
+            q[slot.thread] = (
+                threading.get_ident() if bindings is None else bindings.thread
+            )
+            q[slot.queries] = 0
+            slot.d[slot.db_seconds] = 0.0
+            b[slot.method_at : path_at] = request.method_field
+            b[path_at : path_at + len(request.path_field)] = request.path_field
+            b[view_at : view_at + len(request.view_field)] = request.view_field
+            q[slot.state] = 1
+            q[seq] += 1
+
+            if bindings is not None:
                 d, i = bindings.in_flight
                 d[i] += 1
             else:
@@ -575,7 +617,10 @@ class RequestRecorder:
             # new one.
             writer = self._writer
             generation = writer.generation
-            bindings = getattr(self._local, "bindings", None)
+            try:
+                bindings: _Bindings | None = self._local.bindings
+            except AttributeError:
+                bindings = None
             if bindings is not None and bindings.generation != generation:
                 bindings = None
             token = request._token
@@ -599,7 +644,7 @@ class RequestRecorder:
             if slot is not None:
                 request._slot = None
                 if slot.generation == generation:
-                    slot.q[slot.word + F.S_STATE] = 0
+                    slot.q[slot.state] = 0
                     self._free_slots.append(slot)
             if request.ignored:
                 return
