@@ -9,6 +9,7 @@ metrics and, for slow requests, an entry of the slow ring.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -19,7 +20,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from . import _format as F
-from ._stats import CounterSeries, HistogramSeries, Stats, observe_at
+from ._stats import CounterSeries, HistogramSeries, Stats
 from ._writer import Cell
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,9 @@ _QUESTION_MARK = ord("?")
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
+_bisect = bisect.bisect_left
 _wall = time.time
 _HEARTBEAT = F.H_HEARTBEAT // 8
-# Query counts below this find their bucket in a table, not by bisection.
-_QUERY_TABLE_SIZE = 64
 # A view's name as a string field, its request counter and its time histogram.
 _ViewSeries = tuple[bytes, CounterSeries, HistogramSeries]
 
@@ -206,6 +206,10 @@ class Request:
         method: str | bytes = b"",
         path: str | bytes = b"",
         view: str | None = None,
+        started: float = 0.0,
+        wall_started: float = 0.0,
+        rss_start: int = 0,
+        load_start: float = 0.0,
     ) -> None:
         self._recorder = recorder
         self._slot: _Slot | None = None
@@ -219,10 +223,10 @@ class Request:
         if view:
             self.view = view
             self.view_field = recorder._view_field(view)
-        self.started = 0.0
-        self.wall_started = 0.0
-        self.rss_start = 0
-        self.load_start = 0.0
+        self.started = started
+        self.wall_started = wall_started
+        self.rss_start = rss_start
+        self.load_start = load_start
         self.queries = 0
         self.db_seconds = 0.0
         self.status = 0
@@ -391,11 +395,10 @@ class RequestRecorder:
         self._by_hundreds = (None, *self.responses.values(), None, None, None, None)
         self._views: dict[str, _ViewSeries] = {}
         # Buckets known before any value: the time of a request and of its
-        # view share their bounds, and most requests make few queries.
+        # view share their bounds, and most requests make no query.
+        self._seconds_bounds = self.request_seconds._bounds
         self._db_zero = self.db_seconds.bucket(0.0)
-        self._query_buckets = [
-            self.db_queries.bucket(n) for n in range(_QUERY_TABLE_SIZE)
-        ]
+        self._query_zero = self.db_queries.bucket(0)
         self._reset()
         self._writer.reset_hooks.append(self._reset)
 
@@ -534,22 +537,24 @@ class RequestRecorder:
         self, method: str | bytes, path: str | bytes, view: str | None = None
     ) -> Request:
         """Begin recording a request; pair with :meth:`finish`.  Never raises."""
+        now = _perf()
+        wall = _wall()
         try:
-            request = Request(self, method, path, view)
-        except Exception:
-            log.exception("mmstats could not record the start of a request")
-            request = Request(self)
-
-        try:
-            request.started = now = _perf()
-            request.wall_started = wall = _wall()
             if now - self._rss_at >= RSS_SECONDS:
                 self._read_rss(now)
-            request.rss_start = self._rss
             if now - self._load_at >= LOAD_SECONDS:
                 self.load(now)
-            request.load_start = self._load
+            rss, load = self._rss, self._load
+        except Exception:
+            log.exception("mmstats could not record the start of a request")
+            rss, load = 0, 0.0
+        try:
+            request = Request(self, method, path, view, now, wall, rss, load)
+        except Exception:
+            log.exception("mmstats could not record the start of a request")
+            request = Request(self, b"", b"", None, now, wall, rss, load)
 
+        try:
             try:
                 slot = self._free_slots.pop()
             except IndexError:
@@ -651,14 +656,18 @@ class RequestRecorder:
 
             if bindings is None:
                 bindings = self._bind_thread(status)
-            bindings.requests.add(1)
+            # Counters and histograms are written here as their own methods
+            # write them (CounterSeries.incr, HistogramSeries.observe), through
+            # the thread's bindings: bucket, then sum, then count.
+            counter = bindings.requests
+            counter.view[0] = counter.total = counter.total + 1
             if 100 <= status < 600:
-                responses = bindings.responses[status // 100]
-                if responses is None:
+                counter = bindings.responses[status // 100]
+                if counter is None:
                     series = self._by_hundreds[status // 100]
                     assert series is not None
-                    responses = bindings.responses[status // 100] = series.bound()
-                responses.add(1)
+                    counter = bindings.responses[status // 100] = series.bound()
+                counter.view[0] = counter.total = counter.total + 1
             if exception is not None:
                 request.exception = exception_name(exception)
             if request.exception is not None:
@@ -667,25 +676,34 @@ class RequestRecorder:
                     "Unhandled exceptions by class",
                     {"exception": request.exception},
                 ).incr()
-            k = self.request_seconds.bucket(duration)
-            observe_at(bindings.seconds, k, duration)
+
+            k = _bisect(self._seconds_bounds, duration) + 2
+            q, d, totals = bindings.seconds
+            q[k] += 1
+            d[1] = totals[1] = totals[1] + duration
+            q[0] = totals[0] = totals[0] + 1
             queries = request.queries
-            if 0 <= queries < _QUERY_TABLE_SIZE:
-                observe_at(bindings.queries, self._query_buckets[queries], queries)
+            if queries == 0:
+                # No query: bucket 0 of both, and both sums stay as they are.
+                q, d, totals = bindings.queries
+                q[self._query_zero] += 1
+                q[0] = totals[0] = totals[0] + 1
+                q, d, totals = bindings.db_seconds
+                q[self._db_zero] += 1
+                q[0] = totals[0] = totals[0] + 1
             else:
                 self.db_queries.observe(queries)
-            db_seconds = request.db_seconds
-            if db_seconds == 0.0:
-                observe_at(bindings.db_seconds, self._db_zero, 0.0)
-            else:
-                self.db_seconds.observe(db_seconds)
+                self.db_seconds.observe(request.db_seconds)
             view = request.view
             if view:
-                count, hist = bindings.views.get(view) or self._bind_view(
+                counter, hist = bindings.views.get(view) or self._bind_view(
                     bindings, view
                 )
-                count.add(1)
-                observe_at(hist, k, duration)
+                counter.view[0] = counter.total = counter.total + 1
+                q, d, totals = hist
+                q[k] += 1
+                d[1] = totals[1] = totals[1] + duration
+                q[0] = totals[0] = totals[0] + 1
 
             wall_end = request.wall_started + duration
             header = writer.header

@@ -141,12 +141,6 @@ class _CounterCell:
         # an ended thread keeps counting from where that thread left it.
         self.total: int = self.view[0]
 
-    def add(self, n: int) -> None:
-        """Add ``n`` (not checked: the caller's own count) to the cell."""
-        total = self.total + n
-        self.view[0] = total
-        self.total = total
-
 
 class CounterSeries(_Series):
     """An integer that only goes up."""
@@ -282,30 +276,12 @@ class HistogramSeries(_Series):
         value: float,
         _bisect: Callable[[tuple[float, ...], float], int] = bisect.bisect_left,
     ) -> int:
-        """Return the word of the bucket ``value`` falls in, for :func:`observe_at`."""
+        """Return the word of the cell that counts observations of ``value``."""
         return _bisect(self._bounds, value) + 2  # bucket 0 is word 2
 
     def time(self) -> _Timer:
         """Time a block (``with h.time():``) or a function (``@h.time()``)."""
         return _Timer(self)
-
-
-def observe_at(bound: tuple[Any, Any, list[Any]], k: int, value: float) -> None:
-    """Record ``value`` in bucket word ``k`` of a histogram's bound cell.
-
-    The same stores, in the same order, as :meth:`HistogramSeries.observe`,
-    for a caller that already holds the thread's binding
-    (:meth:`_Series.bound`) and the bucket (:meth:`HistogramSeries.bucket`);
-    ``value`` must be a float or an int.
-    """
-    q, d, totals = bound
-    total = totals[1] + value
-    q[k] += 1
-    d[1] = total
-    totals[1] = total
-    count = totals[0] + 1
-    q[0] = count
-    totals[0] = count
 
 
 class _Timer:
