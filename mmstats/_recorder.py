@@ -41,6 +41,7 @@ _ORDER = F.NATIVE_ORDER
 # The u16 length that starts a string field, for every length a field holds.
 _LENGTHS = [n.to_bytes(2, _ORDER) for n in range(F.PATH_SIZE)]
 _QUESTION_MARK = ord("?")
+_PATH_MAX = F.PATH_SIZE - 2  # bytes of a path a field holds
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
@@ -82,25 +83,6 @@ def _field(data: bytes, size: int) -> bytes:
     """
     if len(data) > size - 2:
         data = F.cut_utf8(data, size - 2)
-    return _LENGTHS[len(data)] + data
-
-
-def _path_field(path: str | bytes) -> bytes:
-    """Return the path's string field, without the query string.
-
-    A query string may hold secrets: it is never stored.
-    """
-    if isinstance(path, str):
-        try:
-            data = path.encode()
-        except UnicodeEncodeError:  # lone surrogates: F.encode keeps or escapes them
-            data = F.encode(path)
-    else:
-        data = path
-    if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
-        data = data.partition(b"?")[0]
-    if len(data) > F.PATH_SIZE - 2:
-        data = F.cut_utf8(data, F.PATH_SIZE - 2)
     return _LENGTHS[len(data)] + data
 
 
@@ -217,7 +199,23 @@ class Request:
         # The file generation whose in-flight gauge counts this request.
         self._generation = -1
         self.method_field = _method_fields.get(method) or _method_field(method)
-        self.path_field = _path_field(path)
+
+        # The path's field, without the query string: it may hold secrets,
+        # and is never stored.
+        if isinstance(path, str):
+            try:
+                data = path.encode()
+            except (
+                UnicodeEncodeError
+            ):  # lone surrogates: F.encode keeps or escapes them
+                data = F.encode(path)
+        else:
+            data = path
+        if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
+            data = data.partition(b"?")[0]
+        if len(data) > _PATH_MAX:
+            data = F.cut_utf8(data, _PATH_MAX)
+        self.path_field = _LENGTHS[len(data)] + data
         self.view: str | None = None
         self.view_field = _NO_VIEW
         if view:
@@ -425,6 +423,10 @@ class RequestRecorder:
         # Whether the gauges show the last readings: they are set when a
         # request finishes, so a reading costs no gauge write until then.
         self._rss_shown = self._load_shown = False
+        # The earliest perf_counter time at which a request has to read
+        # memory or the load average, or show a reading in its gauge: while
+        # nothing is due, a start and a finish each compare one number.
+        self._due = -math.inf
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     # -- cheap readings -------------------------------------------------------
@@ -453,6 +455,7 @@ class RequestRecorder:
             except OSError:
                 pass
             self._load_shown = False
+            self._due = -math.inf
         return self._load
 
     def _read_rss(self, now: float) -> None:
@@ -460,6 +463,24 @@ class RequestRecorder:
         self._rss_at = now
         self._rss = self.rss()
         self._rss_shown = False
+        self._due = -math.inf
+
+    def _refresh(self, now: float, slow: bool) -> None:
+        """Take the readings that are due and show them in their gauges.
+
+        A slow request reads memory now: its entry's delta ends at its end.
+        """
+        if slow or now - self._rss_at >= RSS_SECONDS:
+            self._read_rss(now)
+        if now - self._load_at >= LOAD_SECONDS:
+            self.load(now)
+        if not self._rss_shown:
+            self._rss_shown = True
+            self.memory.set(self._rss)
+        if not self._load_shown:
+            self._load_shown = True
+            self.load1.set(self._load)
+        self._due = min(self._rss_at + RSS_SECONDS, self._load_at + LOAD_SECONDS)
 
     def _bind_thread(self, status: int) -> _Bindings:
         """Bind the calling thread's cells of the request metrics.
@@ -540,10 +561,11 @@ class RequestRecorder:
         now = _perf()
         wall = _wall()
         try:
-            if now - self._rss_at >= RSS_SECONDS:
-                self._read_rss(now)
-            if now - self._load_at >= LOAD_SECONDS:
-                self.load(now)
+            if now >= self._due:
+                if now - self._rss_at >= RSS_SECONDS:
+                    self._read_rss(now)
+                if now - self._load_at >= LOAD_SECONDS:
+                    self.load(now)
             rss, load = self._rss, self._load
         except Exception:
             log.exception("mmstats could not record the start of a request")
@@ -662,11 +684,12 @@ class RequestRecorder:
             counter = bindings.requests
             counter.view[0] = counter.total = counter.total + 1
             if 100 <= status < 600:
-                counter = bindings.responses[status // 100]
+                hundreds = status // 100
+                counter = bindings.responses[hundreds]
                 if counter is None:
-                    series = self._by_hundreds[status // 100]
+                    series = self._by_hundreds[hundreds]
                     assert series is not None
-                    counter = bindings.responses[status // 100] = series.bound()
+                    counter = bindings.responses[hundreds] = series.bound()
                 counter.view[0] = counter.total = counter.total + 1
             if exception is not None:
                 request.exception = exception_name(exception)
@@ -710,21 +733,10 @@ class RequestRecorder:
             if header is not None:
                 header.d[_HEARTBEAT] = wall_end  # the time of the last request
             slow = duration >= self.slow_seconds
-            # A slow request reads memory now: its entry's delta ends at its
-            # end.
-            if slow or end - self._rss_at >= RSS_SECONDS:
-                self._read_rss(end)
-            if end - self._load_at >= LOAD_SECONDS:
-                self.load(end)
-            load = self._load
-            if not self._rss_shown:
-                self._rss_shown = True
-                self.memory.set(self._rss)
-            if not self._load_shown:
-                self._load_shown = True
-                self.load1.set(load)
+            if slow or end >= self._due:
+                self._refresh(end, slow)
             if slow:
-                self._write_slow(request, wall_end, duration, self._rss, load)
+                self._write_slow(request, wall_end, duration, self._rss, self._load)
             if end >= writer.next_check:
                 writer.check(end)  # a stat every few seconds
         except Exception:
