@@ -9,6 +9,7 @@ metrics and, for slow requests, an entry of the slow ring.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -40,9 +41,11 @@ _ORDER = F.NATIVE_ORDER
 # The u16 length that starts a string field, for every length a field holds.
 _LENGTHS = [n.to_bytes(2, _ORDER) for n in range(F.PATH_SIZE)]
 _QUESTION_MARK = ord("?")
+_PATH_MAX = F.PATH_SIZE - 2  # bytes of a path a field holds
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
+_bisect = bisect.bisect_left
 _wall = time.time
 _HEARTBEAT = F.H_HEARTBEAT // 8
 # A view's name as a string field, its request counter and its time histogram.
@@ -83,25 +86,6 @@ def _field(data: bytes, size: int) -> bytes:
     return _LENGTHS[len(data)] + data
 
 
-def _path_field(path: str | bytes) -> bytes:
-    """Return the path's string field, without the query string.
-
-    A query string may hold secrets: it is never stored.
-    """
-    if isinstance(path, str):
-        try:
-            data = path.encode()
-        except UnicodeEncodeError:  # lone surrogates: F.encode keeps or escapes them
-            data = F.encode(path)
-    else:
-        data = path
-    if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
-        data = data.partition(b"?")[0]
-    if len(data) > F.PATH_SIZE - 2:
-        data = F.cut_utf8(data, F.PATH_SIZE - 2)
-    return _LENGTHS[len(data)] + data
-
-
 def _field_value(field: bytes) -> bytes:
     return field[2 : 2 + int.from_bytes(field[:2], _ORDER)]
 
@@ -132,6 +116,41 @@ def exception_name(exc: BaseException) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _Slot:
+    """A request slot: its views and where each of its fields is, found once."""
+
+    __slots__ = (
+        "q",
+        "d",
+        "b",
+        "generation",
+        "seq",
+        "state",
+        "started",
+        "thread",
+        "queries",
+        "db_seconds",
+        "method_at",
+        "path_at",
+        "view_at",
+    )
+
+    def __init__(self, cell: Cell) -> None:
+        self.q, self.d, self.b = cell.q, cell.d, cell.b
+        self.generation = cell.generation
+        # Word indexes of the fixed fields, byte offsets of the strings.
+        w = cell.word
+        self.seq = w + F.S_SEQ
+        self.state = w + F.S_STATE
+        self.started = w + F.S_STARTED
+        self.thread = w + F.S_THREAD
+        self.queries = w + F.S_QUERIES
+        self.db_seconds = w + F.S_DB_SECONDS
+        self.method_at = (w + F.S_STRINGS) * 8
+        self.path_at = self.method_at + F.METHOD_SIZE
+        self.view_at = self.method_at + _VIEW_OFFSET
 
 
 class Request:
@@ -169,23 +188,43 @@ class Request:
         method: str | bytes = b"",
         path: str | bytes = b"",
         view: str | None = None,
+        started: float = 0.0,
+        wall_started: float = 0.0,
+        rss_start: int = 0,
+        load_start: float = 0.0,
     ) -> None:
         self._recorder = recorder
-        self._slot: Cell | None = None
+        self._slot: _Slot | None = None
         self._token: Token[Request | None] | None = None
         # The file generation whose in-flight gauge counts this request.
         self._generation = -1
         self.method_field = _method_fields.get(method) or _method_field(method)
-        self.path_field = _path_field(path)
+
+        # The path's field, without the query string: it may hold secrets,
+        # and is never stored.
+        if isinstance(path, str):
+            try:
+                data = path.encode()
+            except (
+                UnicodeEncodeError
+            ):  # lone surrogates: F.encode keeps or escapes them
+                data = F.encode(path)
+        else:
+            data = path
+        if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
+            data = data.partition(b"?")[0]
+        if len(data) > _PATH_MAX:
+            data = F.cut_utf8(data, _PATH_MAX)
+        self.path_field = _LENGTHS[len(data)] + data
         self.view: str | None = None
         self.view_field = _NO_VIEW
         if view:
             self.view = view
             self.view_field = recorder._view_field(view)
-        self.started = 0.0
-        self.wall_started = 0.0
-        self.rss_start = 0
-        self.load_start = 0.0
+        self.started = started
+        self.wall_started = wall_started
+        self.rss_start = rss_start
+        self.load_start = load_start
         self.queries = 0
         self.db_seconds = 0.0
         self.status = 0
@@ -209,8 +248,8 @@ class Request:
         self.db_seconds += seconds
         slot = self._slot
         if slot is not None and slot.generation == self._recorder._writer.generation:
-            slot.q[slot.word + F.S_QUERIES] = self.queries
-            slot.d[slot.word + F.S_DB_SECONDS] = self.db_seconds
+            slot.q[slot.queries] = self.queries
+            slot.d[slot.db_seconds] = self.db_seconds
 
     def ignore(self) -> None:
         """Leave this request out of the metrics (the stats endpoints' own).
@@ -224,7 +263,7 @@ class Request:
         self.ignored = True
         slot = self._slot
         if slot is not None:
-            slot.q[slot.word + F.S_STATE] = 0
+            slot.q[slot.state] = 0
         # Nor as one in the in-flight gauge: taken back now, in the thread
         # that counted it, and left alone by finish().
         recorder = self._recorder
@@ -247,11 +286,54 @@ class Request:
         self.view_field = field
         slot = self._slot
         if slot is not None and slot.generation == recorder._writer.generation:
-            q, w = slot.q, slot.word
-            start = (w + F.S_STRINGS) * 8 + _VIEW_OFFSET
-            q[w + F.S_SEQ] += 1
+            q, seq, start = slot.q, slot.seq, slot.view_at
+            q[seq] += 1
             slot.b[start : start + len(field)] = field
-            q[w + F.S_SEQ] += 1
+            q[seq] += 1
+
+
+class _Bindings:
+    """One thread's bound cells of the request metrics, in one file.
+
+    Bound once per thread, and again after a new file, from the series
+    themselves (:meth:`~mmstats._stats._Series.bound`): the recorder and the
+    series' own methods write the same cells with the same private totals,
+    and a request costs one thread-local lookup instead of one per metric.
+    """
+
+    __slots__ = (
+        "generation",
+        "requests",
+        "responses",
+        "in_flight",
+        "seconds",
+        "queries",
+        "db_seconds",
+        "views",
+        "thread",
+    )
+
+    def __init__(self, recorder: RequestRecorder, generation: int, status: int) -> None:
+        # Bound in the order the recorder first writes them, so a thread's
+        # cells are allocated as they were before bindings: the golden file
+        # (tests/golden) pins that order.
+        self.generation = generation
+        self.in_flight: tuple[Any, int] = recorder.in_flight.bound()
+        self.requests = recorder.requests.bound()
+        # By the status's first digit; a class is bound by its first
+        # response, so a file holds cells only for classes that occurred.
+        self.responses: list[Any] = [None] * 10
+        if 100 <= status < 600:
+            series = recorder._by_hundreds[status // 100]
+            assert series is not None
+            self.responses[status // 100] = series.bound()
+        self.seconds = recorder.request_seconds.bound()
+        self.queries = recorder.db_queries.bound()
+        self.db_seconds = recorder.db_seconds.bound()
+        # Counter and histogram bindings of the views kept in the recorder.
+        self.views: dict[str, tuple[Any, Any]] = {}
+        # What a slot shows as the thread serving its request.
+        self.thread = threading.get_ident()
 
 
 class RequestRecorder:
@@ -310,6 +392,11 @@ class RequestRecorder:
         # Indexed by the status's first digit; None where there is no class.
         self._by_hundreds = (None, *self.responses.values(), None, None, None, None)
         self._views: dict[str, _ViewSeries] = {}
+        # Buckets known before any value: the time of a request and of its
+        # view share their bounds, and most requests make no query.
+        self._seconds_bounds = self.request_seconds._bounds
+        self._db_zero = self.db_seconds.bucket(0.0)
+        self._query_zero = self.db_queries.bucket(0)
         self._reset()
         self._writer.reset_hooks.append(self._reset)
 
@@ -321,7 +408,8 @@ class RequestRecorder:
                 os.close(statm)  # the child's copy of the parent's /proc file
             except OSError:
                 pass
-        self._free_slots: list[Cell] = []
+        self._local = threading.local()
+        self._free_slots: list[_Slot] = []
         self._slot_count = 0
         self._ring: Cell | None = None
         self._ring_counter = itertools.count()
@@ -335,6 +423,10 @@ class RequestRecorder:
         # Whether the gauges show the last readings: they are set when a
         # request finishes, so a reading costs no gauge write until then.
         self._rss_shown = self._load_shown = False
+        # The earliest perf_counter time at which a request has to read
+        # memory or the load average, or show a reading in its gauge: while
+        # nothing is due, a start and a finish each compare one number.
+        self._due = -math.inf
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     # -- cheap readings -------------------------------------------------------
@@ -363,6 +455,7 @@ class RequestRecorder:
             except OSError:
                 pass
             self._load_shown = False
+            self._due = -math.inf
         return self._load
 
     def _read_rss(self, now: float) -> None:
@@ -370,10 +463,60 @@ class RequestRecorder:
         self._rss_at = now
         self._rss = self.rss()
         self._rss_shown = False
+        self._due = -math.inf
+
+    def _refresh(self, now: float, slow: bool) -> None:
+        """Take the readings that are due and show them in their gauges.
+
+        A slow request reads memory now: its entry's delta ends at its end.
+        """
+        if slow or now - self._rss_at >= RSS_SECONDS:
+            self._read_rss(now)
+        if now - self._load_at >= LOAD_SECONDS:
+            self.load(now)
+        if not self._rss_shown:
+            self._rss_shown = True
+            self.memory.set(self._rss)
+        if not self._load_shown:
+            self._load_shown = True
+            self.load1.set(self._load)
+        self._due = min(self._rss_at + RSS_SECONDS, self._load_at + LOAD_SECONDS)
+
+    def _bind_thread(self, status: int) -> _Bindings:
+        """Bind the calling thread's cells of the request metrics.
+
+        Called by a thread's first recorded finish in a file, with its status.
+        """
+        # The thread-local is taken first: if the file is replaced meanwhile,
+        # the bindings go to the old one, which nothing reads any more.
+        local = self._local
+        writer = self._writer
+        # A new file's reset hooks run under the lock: once it is free, every
+        # series has dropped the old file's bindings for this generation.  A
+        # file replaced while binding leaves a generation that no longer
+        # matches, so the next request binds again.
+        with writer.lock:
+            generation = writer.generation
+        local.bindings = bindings = _Bindings(self, generation, status)
+        return bindings
+
+    def _bind_view(self, bindings: _Bindings, view: str) -> tuple[Any, Any]:
+        """Return the thread's bound counter and histogram of a view."""
+        kept = self._views.get(view)
+        _, count, hist = kept or self._view_series(view)
+        # finish() puts a view's time in the bucket it found for the
+        # request's time: both are histograms in seconds.
+        assert hist.unit == self.request_seconds.unit
+        bound = (count.bound(), hist.bound())
+        # A view past the label cap is not kept by _view_series, so each of
+        # its requests still counts as a dropped label use.
+        if kept is not None or view in self._views:
+            bindings.views[view] = bound
+        return bound
 
     # -- slots and ring --------------------------------------------------------
 
-    def _new_slot(self) -> Cell:
+    def _new_slot(self) -> _Slot:
         """Allocate one more slot; finished requests' slots go first."""
         writer = self._writer
         with writer.lock:
@@ -386,7 +529,7 @@ class RequestRecorder:
             cell: Cell = writer.allocate(F.R_SLOT, F.SLOT_SIZE, fill)
         cell.byte += 16
         cell.word += 2
-        return cell
+        return _Slot(cell)
 
     def _ring_cell(self) -> Cell:
         ring = self._ring
@@ -415,22 +558,25 @@ class RequestRecorder:
         self, method: str | bytes, path: str | bytes, view: str | None = None
     ) -> Request:
         """Begin recording a request; pair with :meth:`finish`.  Never raises."""
+        now = _perf()
+        wall = _wall()
         try:
-            request = Request(self, method, path, view)
+            if now >= self._due:
+                if now - self._rss_at >= RSS_SECONDS:
+                    self._read_rss(now)
+                if now - self._load_at >= LOAD_SECONDS:
+                    self.load(now)
+            rss, load = self._rss, self._load
         except Exception:
             log.exception("mmstats could not record the start of a request")
-            request = Request(self)
+            rss, load = 0, 0.0
+        try:
+            request = Request(self, method, path, view, now, wall, rss, load)
+        except Exception:
+            log.exception("mmstats could not record the start of a request")
+            request = Request(self, b"", b"", None, now, wall, rss, load)
 
         try:
-            request.started = now = _perf()
-            request.wall_started = wall = _wall()
-            if now - self._rss_at >= RSS_SECONDS:
-                self._read_rss(now)
-            request.rss_start = self._rss
-            if now - self._load_at >= LOAD_SECONDS:
-                self.load(now)
-            request.load_start = self._load
-
             try:
                 slot = self._free_slots.pop()
             except IndexError:
@@ -440,28 +586,40 @@ class RequestRecorder:
             if slot is None or slot.generation != self._writer.generation:
                 slot = self._new_slot()
             request._slot = slot
-            q, w = slot.q, slot.word
-            strings = (w + F.S_STRINGS) * 8
-            path_at = strings + F.METHOD_SIZE
-            view_at = strings + _VIEW_OFFSET
-            q[w + F.S_SEQ] += 1
-            slot.d[w + F.S_STARTED] = wall
-            q[w + F.S_THREAD] = threading.get_ident()
-            q[w + F.S_QUERIES] = 0
-            slot.d[w + F.S_DB_SECONDS] = 0.0
-            b = slot.b
-            b[strings:path_at] = request.method_field
-            b[path_at : path_at + len(request.path_field)] = request.path_field
-            b[view_at : view_at + len(request.view_field)] = request.view_field
-            q[w + F.S_STATE] = 1
-            q[w + F.S_SEQ] += 1
-
             # Known limitation (#7): a request starting or ending in the
             # instant its file is replaced can leave the new file's in-flight
             # gauge off by one; exact only with a lock, which requests never
             # take.
-            request._generation = self._writer.generation
-            self.in_flight.incr()
+            generation = request._generation = self._writer.generation
+            # The thread's bindings are made by its first finish: until then
+            # no metric but the in-flight gauge is created.
+            try:
+                bindings: _Bindings | None = self._local.bindings
+            except AttributeError:
+                bindings = None
+            if bindings is not None and bindings.generation != generation:
+                bindings = None
+
+            q, seq, b = slot.q, slot.seq, slot.b
+            path_at, view_at = slot.path_at, slot.view_at
+            q[seq] += 1
+            slot.d[slot.started] = wall
+            q[slot.thread] = (
+                threading.get_ident() if bindings is None else bindings.thread
+            )
+            q[slot.queries] = 0
+            slot.d[slot.db_seconds] = 0.0
+            b[slot.method_at : path_at] = request.method_field
+            b[path_at : path_at + len(request.path_field)] = request.path_field
+            b[view_at : view_at + len(request.view_field)] = request.view_field
+            q[slot.state] = 1
+            q[seq] += 1
+
+            if bindings is not None:
+                d, i = bindings.in_flight
+                d[i] += 1
+            else:
+                self.in_flight.incr()
             request._token = _current.set(request)
         except Exception:
             log.exception("mmstats could not record the start of a request")
@@ -486,11 +644,22 @@ class RequestRecorder:
             # new one.
             writer = self._writer
             generation = writer.generation
+            try:
+                bindings: _Bindings | None = self._local.bindings
+            except AttributeError:
+                bindings = None
+            if bindings is not None and bindings.generation != generation:
+                bindings = None
             token = request._token
             if token is not None:
                 # The token is set last in start: only then is it in flight.
                 request._token = None
-                if request._generation == generation:
+                if request._generation != generation:
+                    pass
+                elif bindings is not None:
+                    d, i = bindings.in_flight
+                    d[i] -= 1
+                else:
                     self.in_flight.decr()
                 if _current.get() is request:
                     try:
@@ -502,16 +671,26 @@ class RequestRecorder:
             if slot is not None:
                 request._slot = None
                 if slot.generation == generation:
-                    slot.q[slot.word + F.S_STATE] = 0
+                    slot.q[slot.state] = 0
                     self._free_slots.append(slot)
             if request.ignored:
                 return
 
-            self.requests.incr()
+            if bindings is None:
+                bindings = self._bind_thread(status)
+            # Counters and histograms are written here as their own methods
+            # write them (CounterSeries.incr, HistogramSeries.observe), through
+            # the thread's bindings: bucket, then sum, then count.
+            counter = bindings.requests
+            counter.view[0] = counter.total = counter.total + 1
             if 100 <= status < 600:
-                responses = self._by_hundreds[status // 100]
-                if responses is not None:
-                    responses.incr()
+                hundreds = status // 100
+                counter = bindings.responses[hundreds]
+                if counter is None:
+                    series = self._by_hundreds[hundreds]
+                    assert series is not None
+                    counter = bindings.responses[hundreds] = series.bound()
+                counter.view[0] = counter.total = counter.total + 1
             if exception is not None:
                 request.exception = exception_name(exception)
             if request.exception is not None:
@@ -520,35 +699,44 @@ class RequestRecorder:
                     "Unhandled exceptions by class",
                     {"exception": request.exception},
                 ).incr()
-            self.request_seconds.observe(duration)
-            self.db_queries.observe(request.queries)
-            self.db_seconds.observe(request.db_seconds)
+
+            k = _bisect(self._seconds_bounds, duration) + 2
+            q, d, totals = bindings.seconds
+            q[k] += 1
+            d[1] = totals[1] = totals[1] + duration
+            q[0] = totals[0] = totals[0] + 1
+            queries = request.queries
+            if queries == 0:
+                # No query: bucket 0 of both, and both sums stay as they are.
+                q, d, totals = bindings.queries
+                q[self._query_zero] += 1
+                q[0] = totals[0] = totals[0] + 1
+                q, d, totals = bindings.db_seconds
+                q[self._db_zero] += 1
+                q[0] = totals[0] = totals[0] + 1
+            else:
+                self.db_queries.observe(queries)
+                self.db_seconds.observe(request.db_seconds)
             view = request.view
             if view:
-                _, count, hist = self._views.get(view) or self._view_series(view)
-                count.incr()
-                hist.observe(duration)
+                counter, hist = bindings.views.get(view) or self._bind_view(
+                    bindings, view
+                )
+                counter.view[0] = counter.total = counter.total + 1
+                q, d, totals = hist
+                q[k] += 1
+                d[1] = totals[1] = totals[1] + duration
+                q[0] = totals[0] = totals[0] + 1
 
             wall_end = request.wall_started + duration
             header = writer.header
             if header is not None:
                 header.d[_HEARTBEAT] = wall_end  # the time of the last request
             slow = duration >= self.slow_seconds
-            # A slow request reads memory now: its entry's delta ends at its
-            # end.
-            if slow or end - self._rss_at >= RSS_SECONDS:
-                self._read_rss(end)
-            if end - self._load_at >= LOAD_SECONDS:
-                self.load(end)
-            load = self._load
-            if not self._rss_shown:
-                self._rss_shown = True
-                self.memory.set(self._rss)
-            if not self._load_shown:
-                self._load_shown = True
-                self.load1.set(load)
+            if slow or end >= self._due:
+                self._refresh(end, slow)
             if slow:
-                self._write_slow(request, wall_end, duration, self._rss, load)
+                self._write_slow(request, wall_end, duration, self._rss, self._load)
             if end >= writer.next_check:
                 writer.check(end)  # a stat every few seconds
         except Exception:

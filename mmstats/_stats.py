@@ -87,6 +87,22 @@ class _Series:
         self._tl = threading.local()
         self._cells = {}
 
+    def _bind(self) -> Any:
+        raise NotImplementedError
+
+    def bound(self) -> Any:
+        """Return what the calling thread writes through, binding it on first use.
+
+        A counter gives its :class:`_CounterCell`, a gauge ``(d, word)`` and
+        a histogram ``(q, d, totals)``: the objects its own methods use, so a
+        caller holding them (the request recorder, once per thread) writes
+        the same cell and keeps the same private totals.
+        """
+        try:
+            return self._tl.cell
+        except AttributeError:
+            return self._bind()
+
     def _cell(self) -> Any:
         """Return the calling thread's cell, allocating it on first use."""
         writer = self._writer
@@ -254,6 +270,14 @@ class HistogramSeries(_Series):
         count = totals[0] + 1
         q[0] = count
         totals[0] = count
+
+    def bucket(
+        self,
+        value: float,
+        _bisect: Callable[[tuple[float, ...], float], int] = bisect.bisect_left,
+    ) -> int:
+        """Return the word of the cell that counts observations of ``value``."""
+        return _bisect(self._bounds, value) + 2  # bucket 0 is word 2
 
     def time(self) -> _Timer:
         """Time a block (``with h.time():``) or a function (``@h.time()``)."""

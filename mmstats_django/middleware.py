@@ -107,9 +107,14 @@ class StatsMiddleware:
             recorder.finish(recorded, 500, exc)
             raise
 
-        if getattr(response, "streaming", False):
+        try:
+            streaming, status = response.streaming, response.status_code
+        except AttributeError:  # not a response: Django's handler fails on it
+            streaming = getattr(response, "streaming", False)
+            status = getattr(response, "status_code", 500)
+        if streaming:
             return self._follow(recorded, response)
-        recorder.finish(recorded, getattr(response, "status_code", 500))
+        recorder.finish(recorded, status)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
@@ -132,8 +137,9 @@ class StatsMiddleware:
         self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> None:
         """Name the view in the request's record and slot."""
-        recorded = getattr(request, "_mmstats", None)
-        if recorded is None:
+        try:
+            recorded = request._mmstats  # type: ignore[attr-defined]
+        except AttributeError:  # a request this middleware did not see
             return
         try:
             try:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 import mmstats
-from mmstats import _recorder
+from mmstats import _recorder, _writer
 
 MiB = 1 << 20
 
@@ -117,3 +118,63 @@ class TestLoad:
 
         assert len(reads) == 3
         assert this_worker(stats_dir).value("load1") == 3.0
+
+
+def serve(recorder: mmstats.RequestRecorder, n: int) -> None:
+    for _ in range(n):
+        request = recorder.start("GET", "/x", "v")
+        recorder.finish(request, 200)
+
+
+class TestThreadBindings:
+    def test_series_methods_and_requests_share_the_thread_cell(
+        self, stats_dir: Path
+    ) -> None:
+        """Writes through the recorder's series between requests add to the
+        same cells as the requests: nothing is counted twice or lost."""
+        recorder = mmstats.RequestRecorder(stats_dir, "bindings")
+        serve(recorder, 3)
+        recorder.requests.incr(5)
+        recorder.request_seconds.observe(2.0)
+        serve(recorder, 2)
+
+        worker = this_worker(stats_dir)
+        assert worker.value("requests") == 10
+        assert worker.value("request_seconds").count == 6
+        assert worker.value("view_requests", {"view": "v"}) == 5
+
+    def test_every_thread_counts_into_the_file_that_replaced_its_own(
+        self, stats_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Threads that served requests before their file was removed count
+        every later request in the new file."""
+        monkeypatch.setattr(_writer, "FILE_CHECK_SECONDS", 0.0)
+        recorder = mmstats.RequestRecorder(stats_dir, "bindings")
+        barrier = threading.Barrier(5)
+
+        def work() -> None:
+            serve(recorder, 5)
+            barrier.wait()  # the file is removed and replaced
+            barrier.wait()
+            serve(recorder, 5)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        serve(recorder, 1)
+        for t in threads:
+            t.start()
+        barrier.wait()
+        first = recorder.stats.path or ""
+        os.unlink(first)
+        serve(recorder, 1)  # notices the removal once its writes are done
+        assert recorder.stats.path != first
+        barrier.wait()
+        for t in threads:
+            t.join()
+
+        worker = this_worker(stats_dir)
+        assert worker.value("requests") == 20
+        assert worker.value("responses", {"class": "2xx"}) == 20
+        assert worker.value("request_seconds").count == 20
+        assert worker.value("db_queries").count == 20
+        assert worker.value("view_seconds", {"view": "v"}).count == 20
+        assert worker.value("in_flight") == 0
