@@ -1706,6 +1706,8 @@ class Snapshot:
     _finals: tuple[tuple[int, ...], list[Worker]] | None = field(
         default=None, repr=False, compare=False
     )
+    # From a scan by plan: the workers it read (the others were kept).
+    _read: list[Worker] | None = field(default=None, repr=False, compare=False)
 
     def totals(self) -> dict[tuple[str, LabelKey], Series]:
         """Return counters and histograms summed over workers and the archive,
@@ -2158,7 +2160,8 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
     counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
     # id(meta) -> [meta, packed buckets, parts, sum, count, careful, to keep]
     accs: dict[int, list[Any]] = {}
-    for worker in snapshot.workers:
+    read = snapshot._read if snapshot._read is not None else snapshot.workers
+    for worker in read:
         for meta, value in worker._folded_counts:
             acc = counts.get(id(meta))
             if acc is None:
@@ -2240,13 +2243,15 @@ def _series(meta: dict[str, Any], value: Any, labels: dict[str, str]) -> Series:
 
 class _Plan(NamedTuple):
     """A directory's files as its last scan found them, for the next scan
-    while nothing was added, removed or renamed: each file's path, with its
-    worker when that is dead or closed (taken as it was), else None (read).
+    while nothing was added, removed or renamed: the workers in file name
+    order, dead and closed ones in place (taken as they were) and None in
+    the place of each file to read, with its index and path in ``reads``.
     """
 
     stamp: tuple[int, ...]
     oldest: float  # when the oldest dead or closed worker was read
-    steps: list[tuple[str, Worker | None]]
+    template: list[Worker | None]
+    reads: list[tuple[int, str]]
     finals: tuple[tuple[int, ...], list[Worker]]  # for aggregate()
 
 
@@ -2270,15 +2275,12 @@ def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
         return None  # the ordinary scan reports it
     kept = _finals.get(final_want, {})
     patience = _Patience(SCAN_WAIT)
-    workers: list[Worker] = []
+    slots: list[Worker | None] = list(plan.template)
+    read: list[Worker] = []
     bad: list[BadFile] = []
     died = False
-    for full, final in plan.steps:
-        if final is not None:
-            workers.append(final)
-            continue
-        entry = kept.get(full)
-        if entry is not None:  # died since the plan was made
+    for i, full in plan.reads:
+        if full in kept:  # died since the plan was made
             return None
         try:
             worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
@@ -2288,11 +2290,14 @@ def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
             _log_bad_once(exc)
             bad.append(BadFile(full, exc.reason))
             continue
-        workers.append(worker)
+        slots[i] = worker
+        read.append(worker)
         if worker.state in FINAL_STATES:
             _remember_final(full, _identity(full), worker, final_want)
             died = True
-    snapshot = Snapshot(path, time.time(), workers, bad, archive, [])
+    workers = [w for w in slots if w is not None] if bad else slots
+    snapshot = Snapshot(path, time.time(), workers, bad, archive, [])  # type: ignore[arg-type]
+    snapshot._read = read
     if died:  # a worker died since: the next scan makes a new plan
         _plans.pop((path, final_want), None)
     else:
@@ -2324,10 +2329,12 @@ def _make_plan(
         (b.path, None) for b in bad if b.path != os.path.join(path, ARCHIVE_NAME)
     )
     steps.sort(key=lambda step: step[0])
+    template = [final for _, final in steps]
+    reads = [(i, full) for i, (full, final) in enumerate(steps) if final is None]
     if len(_plans) >= 16:
         _plans.clear()
     key = tuple(sorted(id(w) for w in finals))
-    _plans[(path, final_want)] = _Plan(stamp, oldest, steps, (key, finals))
+    _plans[(path, final_want)] = _Plan(stamp, oldest, template, reads, (key, finals))
 
 
 def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Snapshot:
