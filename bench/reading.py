@@ -439,9 +439,16 @@ def _mmstats_command() -> list[str]:
 
 
 def command_cpu_seconds(argv: list[str]) -> float:
-    """Run a command; return the CPU seconds (user + system) it used."""
+    """Run a command; return the CPU seconds (user + system) it used.
+
+    Python may write bytecode caches, as it does where it is installed: a
+    shell with PYTHONDONTWRITEBYTECODE set would otherwise make every run
+    compile mmstats' sources again (an editable install has no caches
+    written at install time; prometheus_client's were).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     ) as proc:
         assert proc.stderr is not None
         err = proc.stderr.read()
