@@ -1155,54 +1155,59 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     kept = _layouts.get(path) if key else None
     known = kept[1] if kept is not None and kept[0] == key else None
     if (
-        known is None
-        or known.used > used
-        or time.monotonic() - known.walked > REWALK_SECONDS
-        or not _still_there(b, known)
+        known is not None
+        and known.used <= used
+        and time.monotonic() - known.walked <= REWALK_SECONDS
+        and _still_there(b, known)
     ):
-        known = _Layout()
-    if known.used == used:
-        return known
-    layout = _Layout()
-    layout.metrics = dict(known.metrics)
-    layout.cells = list(known.cells)
-    layout.slots = list(known.slots)
-    layout.rings = list(known.rings)
-    layout.entries = known.entries
-    layout.hists = known.hists
-    layout.folds = known.folds
-    layout.walked = known.walked
+        if known.used == used:
+            return known
+        layout = _Layout()
+        layout.metrics = dict(known.metrics)
+        layout.cells = list(known.cells)
+        layout.slots = list(known.slots)
+        layout.rings = list(known.rings)
+        layout.entries = known.entries
+        layout.hists = known.hists
+        layout.folds = known.folds
+        layout.walked = known.walked
+    else:
+        known = layout = _Layout()  # walked from the start
+        if layout.used == used:
+            return layout
     head = F.RECORD_HEAD.unpack_from
-    head_id = _HEAD_ID.unpack_from
     metrics, cells = layout.metrics, layout.cells
     R_METRIC, R_CELL, PAYLOAD = F.R_METRIC, F.R_CELL, F.CELL_PAYLOAD  # noqa: N806
     off = known.used
+    new_cells = len(known.cells)  # cells from here on are checked below
     last = -1
-    while off < used:
-        last = off
-        if off + 12 <= used:
-            rtype, rsize, ident = head_id(b, off)
-        else:
-            (rtype, rsize), ident = head(b, off), 0
-        if rsize < 8 or rsize % 8 or off + rsize > used:
-            raise CorruptFileError(
-                path, f"has a record at byte {off} of bad size {rsize}"
-            )
-        if rtype == R_CELL:
-            if rsize < PAYLOAD + 8:
-                raise ValueError(f"cell record at byte {off} is too short")
-            cells.append((ident, (off + PAYLOAD) // 8, rsize - PAYLOAD))
-        elif rtype == R_METRIC:
-            metrics[ident] = _parse_metric(b, off, rsize)
-        elif rtype == F.R_SLOT:
-            layout.slots.append((off, rsize))
-        elif rtype == F.R_RING:
-            _ring_shape(b, off, rsize)
-            layout.rings.append((off, rsize))
-        elif rtype != F.R_PAD:
-            raise CorruptFileError(path, f"has a record of unknown type {rtype}")
-        off += rsize
-    for mid, _, _ in layout.cells[len(known.cells) :]:
+    words = b.cast("I")  # record heads are u32: type, size, then the id
+    try:
+        while off < used:
+            last = off
+            at = off >> 2
+            rtype, rsize = words[at], words[at + 1]
+            if rsize < 8 or rsize % 8 or off + rsize > used:
+                raise CorruptFileError(
+                    path, f"has a record at byte {off} of bad size {rsize}"
+                )
+            if rtype == R_CELL:
+                if rsize < PAYLOAD + 8:
+                    raise ValueError(f"cell record at byte {off} is too short")
+                cells.append((words[at + 2], (off + PAYLOAD) // 8, rsize - PAYLOAD))
+            elif rtype == R_METRIC:
+                metrics[words[at + 2]] = _parse_metric(b, off, rsize)
+            elif rtype == F.R_SLOT:
+                layout.slots.append((off, rsize))
+            elif rtype == F.R_RING:
+                _ring_shape(b, off, rsize)
+                layout.rings.append((off, rsize))
+            elif rtype != F.R_PAD:
+                raise CorruptFileError(path, f"has a record of unknown type {rtype}")
+            off += rsize
+    finally:
+        words.release()
+    for mid, _, _ in layout.cells[new_cells:]:
         if mid not in layout.metrics:
             raise ValueError(f"a cell refers to unknown metric id {mid}")
     first = known.ends[0] if known.ends else (F.HEADER_SIZE, head(b, F.HEADER_SIZE))
