@@ -254,5 +254,3 @@ def test_a_gauge_set_to_minus_zero_reads_as_a_fresh_reader_reads_it(
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
-
-

@@ -189,10 +189,19 @@ def test_prometheus_reads_totals_rates_and_quantiles(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "Prometheus never scraped mmstats"
             time.sleep(0.5)
         time.sleep(2)
+        slow = f"{base}/slow/?s={SLOW_SECONDS}"
+        slow_count = 'mmstats_view_seconds_count{view="shop.views.slow"}'
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(get, [f"{base}/fast/"] * (FAST - 1)))
-            slow = f"{base}/slow/?s={SLOW_SECONDS}"
-            list(pool.map(get, [slow] * SLOW))
+            # Half the slow requests, scraped, then the rest: the slow
+            # view's series must grow within the window for rate() to see
+            # it (all at once between two scrapes would make it flat).
+            list(pool.map(get, [slow] * (SLOW // 2)))
+            deadline = time.monotonic() + 30
+            while prom.query(slow_count) == []:
+                assert time.monotonic() < deadline, "Prometheus never saw /slow/"
+                time.sleep(0.5)
+            list(pool.map(get, [slow] * (SLOW - SLOW // 2)))
         expected = FAST + SLOW
         deadline = time.monotonic() + 30
         while (
