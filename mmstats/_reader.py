@@ -666,8 +666,6 @@ def _state(
             elif not alive and watched is not None:
                 _unwatch((pid, ticks))
             return "alive" if alive else "dead"
-    if ticks and (pid, ticks) in _watched:
-        _unwatch((pid, ticks))  # gone from /proc: reaped
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -762,9 +760,7 @@ def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Wor
             key, size, mm, _ = held
         try:
             worker = _parse(path, mm, size, grown_to, patience, want, key)
-            if held is not None and worker.state not in LIVE_STATES:
-                _release_held(path)  # dead or closed now: read once, not kept
-            elif worker.state in LIVE_STATES and held is None:
+            if worker.state in LIVE_STATES and held is None:
                 ticks = int.from_bytes(
                     mm[F.H_START_TICKS : F.H_START_TICKS + 8], F.NATIVE_ORDER
                 )
@@ -855,10 +851,9 @@ def _hold_mapping(
 
 
 def _release_held(path: str) -> None:
-    """Let go of a kept mapping.  It is not closed here: another thread may
-    be reading it, and the last reference closes it (and its descriptor)."""
     held = _held.pop(path, None)
     if held is not None:
+        _close_mapping(held[2])
         _unwatch(held[3])  # the file is gone or replaced: so may its process be
 
 
@@ -1434,12 +1429,7 @@ def _collect_series(
             series = made.get(mid)
             if series is None or not (
                 series.value is value
-                or (
-                    type(value) is int
-                    and type(series.value) is int
-                    and series.value == value
-                )
-                or (type(value) is str and series.value == value)
+                or (type(value) is not HistogramValue and series.value == value)
             ):
                 series = made[mid] = Series(
                     meta["name"],
@@ -2169,9 +2159,7 @@ def read_totals(directory: str | os.PathLike[str] | None = None) -> Snapshot:
 def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | None:
     """Return the totals of a folded read, or None when a histogram's
     buckets and counts disagree (a write under way: read again)."""
-    # The archive goes in last, as aggregate() adds it after live workers:
-    # where a name holds another kind or other buckets, the first is kept.
-    totals = aggregate(snapshot.workers, None, snapshot._finals)
+    totals = aggregate(snapshot.workers, snapshot.archive, snapshot._finals)
     # By metric record (shared by every worker with the same one), then by
     # series: records that differ only in their help name the same series.
     counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
@@ -2243,7 +2231,6 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             have.value.merge(hist)
         for kept, word, entry in keep:
             kept[word] = entry
-    _add_series(totals, snapshot.archive.series, gauges=False)
     return totals
 
 
