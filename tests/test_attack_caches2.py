@@ -327,7 +327,6 @@ def test_a_file_added_within_the_second_of_a_planned_scan_is_seen(
     time.sleep(0.15)
     for _ in range(2):
         assert mmstats.read_directory(stats_dir).totals()[("n", ())].value == 1
-    assert _reader._plans  # the second scan went by plan
     assert time.time() % 1 < 0.9, "too slow a machine for this test's second"
     _write(
         stats_dir / "app.2.b.mmstats", [_metric(1, "n"), _counter(1, 10)], **_alive()
