@@ -666,6 +666,8 @@ def _state(
             elif not alive and watched is not None:
                 _unwatch((pid, ticks))
             return "alive" if alive else "dead"
+        if watched is not None:
+            _unwatch((pid, ticks))  # exited and reaped: /proc has no entry
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -751,8 +753,9 @@ _PARSE_ERRORS = (
 
 def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Worker:
     grown_to = 0
+    use_held = True
     for _attempt in range(3):
-        held = _held_mapping(path)
+        held = _held_mapping(path) if use_held else None
         if held is None:
             mm, size, st = _open_file(path)
             key = (path, st.st_dev, st.st_ino)
@@ -760,6 +763,8 @@ def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Wor
             key, size, mm, _ = held
         try:
             worker = _parse(path, mm, size, grown_to, patience, want, key)
+            if held is not None and worker.state in FINAL_STATES:
+                _release_held(path)  # dead and closed files are not kept mapped
             if worker.state in LIVE_STATES and held is None:
                 ticks = int.from_bytes(
                     mm[F.H_START_TICKS : F.H_START_TICKS + 8], F.NATIVE_ORDER
@@ -772,9 +777,16 @@ def _read_file(path: str, patience: _Patience, want: _Want = _EVERYTHING) -> Wor
             # read no further than what was published at the first look.
             grown_to = grew.used
             continue
-        except CorruptFileError:
-            raise
-        except _PARSE_ERRORS as exc:
+        except (CorruptFileError, *_PARSE_ERRORS) as exc:
+            if held is not None:
+                # Let go (and closed) by another thread since it was taken,
+                # or the file changed: read again as a first read does.
+                if _held.get(path) is held:
+                    _release_held(path)
+                use_held = False
+                continue
+            if isinstance(exc, CorruptFileError):
+                raise
             reason = str(exc) or type(exc).__name__
             raise CorruptFileError(path, reason) from None
         finally:
@@ -1429,7 +1441,16 @@ def _collect_series(
             series = made.get(mid)
             if series is None or not (
                 series.value is value
-                or (type(value) is not HistogramValue and series.value == value)
+                or (
+                    type(value) is not HistogramValue
+                    and series.value == value
+                    # -0.0 == 0.0, but a reader shows them apart
+                    and (
+                        value
+                        or type(value) is not float
+                        or _same_sign(value, series.value)
+                    )
+                )
             ):
                 series = made[mid] = Series(
                     meta["name"],
@@ -1441,6 +1462,10 @@ def _collect_series(
                     meta["key"],
                 )
             append(series)
+
+
+def _same_sign(a: float, b: float) -> bool:
+    return math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
 def _read_histogram(
@@ -2159,7 +2184,9 @@ def read_totals(directory: str | os.PathLike[str] | None = None) -> Snapshot:
 def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | None:
     """Return the totals of a folded read, or None when a histogram's
     buckets and counts disagree (a write under way: read again)."""
-    totals = aggregate(snapshot.workers, snapshot.archive, snapshot._finals)
+    # The archive comes last, as in aggregate(): a name it holds with other
+    # buckets or another kind keeps the live workers' values.
+    totals = aggregate(snapshot.workers, None, snapshot._finals)
     # By metric record (shared by every worker with the same one), then by
     # series: records that differ only in their help name the same series.
     counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
@@ -2187,13 +2214,22 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             acc[4] += item[3]
             if item[4] is not None:
                 acc[6].append(item[4])
+    # A name of two kinds among live workers: aggregate() keeps the kind of
+    # the first in file order, which the folded read does not follow (it
+    # adds gauges, then counters, then histograms).  Rare: read carefully.
+    # (A gauge in the totals so far is a live worker's; a counter or a
+    # histogram is a dead one's, which comes first in both.)
+    live_counters: set[tuple[str, LabelKey]] = set()
     for meta, value in counts.values():
         key = meta["key"]
         have = totals.get(key)
         if have is None:
             totals[key] = _series(meta, value, dict(meta["labels"]))
+            live_counters.add(key)
         elif have.kind == "counter":
             have.value += value
+        elif have.kind == "gauge":
+            return None
     hists: dict[tuple[str, LabelKey], list[Any]] = {}
     for acc in accs.values():
         meta = acc[0]
@@ -2229,8 +2265,11 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             totals[key] = _series(meta, hist, dict(meta["labels"]))
         elif have.kind == "histogram" and have.value.same_scheme(hist):
             have.value.merge(hist)
+        elif have.kind == "gauge" or key in live_counters:
+            return None
         for kept, word, entry in keep:
             kept[word] = entry
+    _add_series(totals, snapshot.archive.series, gauges=False)
     return totals
 
 
@@ -2342,6 +2381,19 @@ def _make_plan(
     _plans[(path, final_want)] = _Plan(stamp, oldest, template, reads, (key, finals))
 
 
+def _settled_after(stamp: tuple[int, ...]) -> int:
+    """Return how old (ns) a directory's times must be for a change to show.
+
+    A change within the same tick of the file system's clock leaves the
+    same times: 0.1 s is more than a tick of ext4, XFS, btrfs or tmpfs.
+    Times in whole seconds may come from a file system that keeps no finer
+    (ext4 with small inodes, ext3, some NFS servers; FAT keeps two).
+    """
+    if stamp[1] % 1_000_000_000 or stamp[2] % 1_000_000_000:
+        return 100_000_000
+    return 2_100_000_000
+
+
 def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Snapshot:
     path, private = resolve_directory(directory)
     final_want = want._replace(fold=False)
@@ -2402,7 +2454,7 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
     if (
         stamp
         and stamp == _directory_stamp(path)
-        and (time.time_ns() - max(stamp[1], stamp[2]) > 100_000_000)
+        and (time.time_ns() - max(stamp[1], stamp[2]) > _settled_after(stamp))
     ):
         _stamps[path] = stamp
         if not vanished and not archive.error:

@@ -91,6 +91,36 @@ def test_a_scrape_adds_live_workers_as_read_directory_does_beside_the_archive(
     assert _totals(_reader.read_totals(stats_dir)) == want
 
 
+@pytest.mark.parametrize("second", [F.KIND_COUNTER, F.KIND_GAUGE])
+def test_a_scrape_keeps_the_kind_of_the_first_live_worker_as_read_directory_does(
+    stats_dir: Path, second: int
+) -> None:
+    """Two live workers with one name of two kinds (a deploy under way):
+    ``aggregate`` keeps the kind of the first worker by file name, as
+    ``read_directory().totals()`` shows.  The folded read adds gauges first,
+    then counters, then histograms, whatever the workers' order, so a scrape
+    shows the other kind -- and the first again whenever a write under way
+    makes it fall back to the careful read."""
+    first = (
+        [
+            _metric(1, "x", F.KIND_HISTOGRAM, nbuckets=6, lo=0.5, gamma=F.GAMMA),
+            _hist(1, {1: 4}, 6),
+        ]
+        if second == F.KIND_COUNTER
+        else [_metric(1, "x"), _counter(1, 4)]
+    )
+    _write(stats_dir / "app.1.a.mmstats", first, **_alive())
+    _write(
+        stats_dir / "app.2.b.mmstats",
+        [_metric(1, "x", second), _counter(1, 9)],
+        **_alive(),
+        created=1.8e9,
+    )
+    want = _totals(mmstats.read_directory(stats_dir, slow=False))
+    _reader.drop_caches()
+    assert _totals(_reader.read_totals(stats_dir)) == want
+
+
 # == mappings kept between reads ======================================================
 
 
@@ -254,3 +284,51 @@ def test_a_gauge_set_to_minus_zero_reads_as_a_fresh_reader_reads_it(
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
+
+
+# == scans by plan ====================================================================
+
+
+class _CoarseStat:
+    """An lstat result whose times are whole seconds, as on file systems
+    with one-second timestamps (ext4 made with 128-byte inodes, ext3, NFS
+    from such a server; FAT has two seconds)."""
+
+    def __init__(self, st: os.stat_result) -> None:
+        self._st = st
+        self.st_mtime_ns = st.st_mtime_ns // 10**9 * 10**9
+        self.st_ctime_ns = st.st_ctime_ns // 10**9 * 10**9
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._st, name)
+
+
+def test_a_file_added_within_the_second_of_a_planned_scan_is_seen(
+    stats_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan trusts a directory stamp 0.1 s old and the next scan goes by
+    plan, without a listing, while the stamp is the same.  Where the file
+    system keeps whole seconds, a worker's file created later in the same
+    second leaves the same stamp: scans by plan leave it out (its counts
+    missing from every read) until the directory changes in another second,
+    or for up to REREAD_FINAL_SECONDS (5 minutes).  Before plans, every
+    scan listed the directory and saw it."""
+    real_lstat = os.lstat
+    here = os.fspath(stats_dir)
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        st = real_lstat(path, *args, **kwargs)
+        return _CoarseStat(st) if os.fspath(path) == here else st
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    while time.time() % 1 > 0.3:  # start early in a second
+        time.sleep(0.02)
+    _write(stats_dir / "app.1.a.mmstats", [_metric(1, "n"), _counter(1, 1)], **_alive())
+    time.sleep(0.15)
+    for _ in range(2):
+        assert mmstats.read_directory(stats_dir).totals()[("n", ())].value == 1
+    assert time.time() % 1 < 0.9, "too slow a machine for this test's second"
+    _write(
+        stats_dir / "app.2.b.mmstats", [_metric(1, "n"), _counter(1, 10)], **_alive()
+    )
+    assert mmstats.read_directory(stats_dir).totals()[("n", ())].value == 11
