@@ -678,7 +678,11 @@ def _reading_section(d: Results, plot_name: str | None) -> list[str]:
         " their writers store them, so that nothing is as it was. Rows marked"
         " *(cold)* drop all of that before each call, which is what one"
         " `mmstats show` or `mmstats json` command does; prometheus_client"
-        " keeps nothing between collects.",
+        " keeps nothing between collects. The scrapes (the *mmstats scrape*"
+        " rows and *collect + generate_latest*) of each directory are timed in"
+        " a process of their own, in rounds among themselves, as an exporter"
+        " reads one directory; the other rows share this process, whose"
+        " readers keep what they read of every directory.",
         "",
     ]
     if plot_name:
