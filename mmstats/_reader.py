@@ -1293,13 +1293,8 @@ def _fold_series(
         count = q[word + F.HIST_COUNT]
         sum_value: float = d[word + F.HIST_SUM]
         raw = bytes(b[start : start + 8 * n])
-        before = kept.get(word)
-        if (
-            before is not None
-            and before[0] == raw
-            and before[1] == count == q[word + F.HIST_COUNT]
-            and before[2] == sum_value
-        ):
+        before = _unchanged(kept, word, raw, count, sum_value, q)
+        if before is not None:
             folded.append((meta, before[3], sum_value, count, None))
             continue
         packed = int.from_bytes(raw, F.NATIVE_ORDER)
@@ -1468,6 +1463,32 @@ def _same_sign(a: float, b: float) -> bool:
     return math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
+_T1 = TypeVar("_T1")
+
+
+def _unchanged(
+    kept: dict[int, tuple[bytes, int, float, _T1]],
+    word: int,
+    raw: bytes,
+    count: int,
+    sum_value: float,
+    q: Any,
+) -> tuple[bytes, int, float, _T1] | None:
+    """Return what was kept of a histogram cell read whole before, if the
+    cell is as it was then: its buckets, its count (read before and after
+    the buckets) and its sum.  The same buckets make the same sum of
+    buckets, which both counts equal again: the copy is whole."""
+    before = kept.get(word)
+    if (
+        before is not None
+        and before[0] == raw
+        and before[1] == count == q[word + F.HIST_COUNT]
+        and before[2] == sum_value
+    ):
+        return before
+    return None
+
+
 def _read_histogram(
     meta: dict[str, Any],
     b: Any,
@@ -1492,15 +1513,8 @@ def _read_histogram(
     sum_value: float = d[word + F.HIST_SUM]
     raw = bytes(b[start:end])
     if kept is not None:
-        # Unchanged since a whole copy read before: the same buckets make
-        # the same sum of buckets, which both counts equal again.
-        before = kept.get(word)
-        if (
-            before is not None
-            and before[0] == raw
-            and before[1] == count == q[word + F.HIST_COUNT]
-            and before[2] == sum_value
-        ):
+        before = _unchanged(kept, word, raw, count, sum_value, q)
+        if before is not None:
             return before[3]
     packed = int.from_bytes(raw, F.NATIVE_ORDER)
     if (

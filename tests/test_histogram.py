@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,28 +165,11 @@ class TestConsistentReads:
         buckets = [F.bucket_index(0.5, v) for v in values]
         assert len(set(buckets)) == 3
 
-        def child() -> None:
-            def work() -> None:
-                for i in range(per_thread):
-                    hist.observe(values[i % 3])
+        def work() -> None:
+            for i in range(per_thread):
+                hist.observe(values[i % 3])
 
-            threads = [threading.Thread(target=work) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
-        pids = []
-        for _ in range(2):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    child()
-                    code = 0
-                finally:
-                    os._exit(code)
-            pids.append(pid)
+        pids = _fork_writers(work)
 
         seen: dict[str, int] = {}
         counts: set[int] = set()
@@ -222,6 +206,31 @@ class TestConsistentReads:
         assert reads > 10 and len(counts) > 5  # the reads raced the writers
 
 
+def _fork_writers(work: Callable[[], None]) -> list[int]:
+    """Fork two workers that each run ``work`` in two threads at once, then
+    exit (status 0 when both threads finished); return their pids."""
+
+    def child() -> None:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                child()
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
 class TestTotalsRead:
     """read_totals, what a scrape reads: live workers' counters and
     histograms go straight into the totals, each histogram checked with
@@ -241,29 +250,12 @@ class TestTotalsRead:
         done = stats.counter("done")
         buckets = [F.bucket_index(0.5, v) for v in values]
 
-        def child() -> None:
-            def work() -> None:
-                for i in range(per_thread):
-                    hist.observe(values[i % 3])
-                    done.incr()
+        def work() -> None:
+            for i in range(per_thread):
+                hist.observe(values[i % 3])
+                done.incr()
 
-            threads = [threading.Thread(target=work) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
-        pids = []
-        for _ in range(2):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    child()
-                    code = 0
-                finally:
-                    os._exit(code)
-            pids.append(pid)
+        pids = _fork_writers(work)
 
         last = 0
         reads = folded = 0
