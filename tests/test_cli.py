@@ -252,6 +252,10 @@ class TestTop:
             warnings.simplefilter("ignore", DeprecationWarning)
             pid, fd = pty.fork()
         if pid == 0:  # the child: run top on the pty
+            # As from a shell on a terminal: a test run started in the
+            # background (SIGINT ignored, which exec keeps) must not make
+            # Ctrl-C do nothing.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             argv = ["top", "--interval", "0.2", "--dir", os.fspath(populated.directory)]
             os.execv(sys.executable, [sys.executable, "-m", "mmstats._cli", *argv])
         try:
