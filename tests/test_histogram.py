@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +174,8 @@ class TestConsistentReads:
         seen: dict[str, int] = {}
         counts: set[int] = set()
         reads = 0
-        running = set(pids)
-        try:
-            while running:
+        with contextlib.closing(_while_writing(pids)) as rounds:
+            for _ in rounds:
                 for w in mmstats.read_directory(stats_dir).workers:
                     got = w.value("sizes")
                     if got is None:
@@ -189,15 +188,6 @@ class TestConsistentReads:
                     seen[w.path] = got.count
                     counts.add(got.count)
                     reads += 1
-                for pid in list(running):
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                    if done:
-                        running.discard(pid)
-                        assert os.waitstatus_to_exitcode(status) == 0
-        finally:
-            for pid in running:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
 
         finals = [w.value("sizes") for w in mmstats.read_directory(stats_dir).workers]
         assert [f.count for f in finals] == [2 * per_thread] * 2
@@ -231,6 +221,24 @@ def _fork_writers(work: Callable[[], None]) -> list[int]:
     return pids
 
 
+def _while_writing(pids: list[int]) -> Iterator[None]:
+    """Yield again and again until every forked writer has exited, each with
+    status 0; closed early, wait for the ones left."""
+    running = set(pids)
+    try:
+        while running:
+            yield
+            for pid in list(running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    running.discard(pid)
+                    assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        for pid in running:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
 class TestTotalsRead:
     """read_totals, what a scrape reads: live workers' counters and
     histograms go straight into the totals, each histogram checked with
@@ -259,9 +267,8 @@ class TestTotalsRead:
 
         last = 0
         reads = folded = 0
-        running = set(pids)
-        try:
-            while running:
+        with contextlib.closing(_while_writing(pids)) as rounds:
+            for _ in rounds:
                 snap = mmstats._reader.read_totals(stats_dir)
                 folded += snap._totals is not None
                 totals = snap.totals()
@@ -274,15 +281,6 @@ class TestTotalsRead:
                     assert got.count >= last
                     last = got.count
                     reads += 1
-                for pid in list(running):
-                    finished, status = os.waitpid(pid, os.WNOHANG)
-                    if finished:
-                        running.discard(pid)
-                        assert os.waitstatus_to_exitcode(status) == 0
-        finally:
-            for pid in running:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
         assert reads > 10 and folded > 0
         totals = mmstats._reader.read_totals(stats_dir).totals()
         assert totals[("sizes", ())].value.count == 4 * per_thread
