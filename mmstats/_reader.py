@@ -1447,15 +1447,7 @@ def _collect_series(
                     )
                 )
             ):
-                series = made[mid] = Series(
-                    meta["name"],
-                    F.KIND_NAMES[meta["kind"]],
-                    meta["help"],
-                    meta["unit"],
-                    meta["labels"],
-                    value,
-                    meta["key"],
-                )
+                series = made[mid] = _series(meta, value, meta["labels"])
             append(series)
 
 
@@ -2317,6 +2309,31 @@ class _Plan(NamedTuple):
 _plans: dict[tuple[str, _Want], _Plan] = {}
 
 
+class _Vanished(Exception):
+    """A listed file was gone when read: a clean raced the scan."""
+
+
+def _scan_file(
+    full: str, want: _Want, final_want: _Want, patience: _Patience, bad: list[BadFile]
+) -> Worker | None:
+    """Read one file of a scan: its worker (remembered if dead or closed),
+    or None with the reason added to ``bad``.
+
+    :raises _Vanished: the file is gone.
+    """
+    try:
+        worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
+    except CorruptFileError as exc:
+        if not os.path.lexists(full):
+            raise _Vanished from None
+        _log_bad_once(exc)
+        bad.append(BadFile(full, exc.reason))
+        return None
+    if worker.state in FINAL_STATES:
+        _remember_final(full, _identity(full), worker, final_want)
+    return worker
+
+
 def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
     """Scan by the last scan's plan if the directory is as it was then:
     only live (and unreadable) files are read; None if there is no plan."""
@@ -2341,18 +2358,14 @@ def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
         if full in kept:  # died since the plan was made
             return None
         try:
-            worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
-        except CorruptFileError as exc:
-            if not os.path.lexists(full):
-                return None
-            _log_bad_once(exc)
-            bad.append(BadFile(full, exc.reason))
+            worker = _scan_file(full, want, final_want, patience, bad)
+        except _Vanished:
+            return None
+        if worker is None:
             continue
         slots[i] = worker
         read.append(worker)
-        if worker.state in FINAL_STATES:
-            _remember_final(full, _identity(full), worker, final_want)
-            died = True
+        died = died or worker.state in FINAL_STATES
     workers = [w for w in slots if w is not None] if bad else slots
     snapshot = Snapshot(path, time.time(), workers, bad, archive, [])  # type: ignore[arg-type]
     snapshot._read = read
@@ -2449,16 +2462,12 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
                     workers.append(cached)
                     continue
             try:
-                worker = _read_file(full, _Patience(FILE_WAIT, patience), want)
+                worker = _scan_file(full, want, final_want, patience, bad)
+            except _Vanished:
+                vanished = True
+                break
+            if worker is not None:
                 workers.append(worker)
-                if worker.state in FINAL_STATES:
-                    _remember_final(full, _identity(full), worker, final_want)
-            except CorruptFileError as exc:
-                if not os.path.lexists(full):
-                    vanished = True
-                    break
-                _log_bad_once(exc)
-                bad.append(BadFile(full, exc.reason))
         if not vanished:
             break
     # After five scans that a clean kept racing, the last view is used.
