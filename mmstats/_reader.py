@@ -23,7 +23,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -488,8 +488,9 @@ class Worker:
     slow: list[SlowEntry] = field(default_factory=list)
     problem: str | None = None  # why some of the worker's values are missing
     # Counters and histograms read for the totals only (read_totals).
-    _folded_counts: list[tuple[dict[str, Any], int]] = field(
-        default_factory=list, repr=False, compare=False
+    # (metric records, values) of its counter cells
+    _folded_counts: tuple[Sequence[dict[str, Any]], Sequence[int]] = field(
+        default=((), ()), repr=False, compare=False
     )
     _folded_hists: list[tuple[Any, ...]] = field(
         default_factory=list, repr=False, compare=False
@@ -603,6 +604,9 @@ class _Patience:
         self.seconds = seconds
         self.parent = parent
         self.spent = 0.0
+        # The pid descriptors of watched processes that had exited when the
+        # scan began (see _exited_pidfds); None: ask each one.
+        self.exited: frozenset[int] | None = None if parent is None else parent.exited
 
     def left(self) -> float:
         """Return the waiting time left (never more than the parent's)."""
@@ -642,7 +646,13 @@ def _this_host() -> _Host:
 
 
 def _state(
-    closed: bool, pid: int, ticks: int, hostname: str, boot: str, ns: int
+    closed: bool,
+    pid: int,
+    ticks: int,
+    hostname: str,
+    boot: str,
+    ns: int,
+    exited: frozenset[int] | None = None,
 ) -> str:
     if closed:
         return "closed"
@@ -655,7 +665,9 @@ def _state(
         return "unknown"  # another pid namespace: its pids mean nothing here
     if ticks:
         watched = _watched.get((pid, ticks))
-        if watched is not None and not _has_exited(watched):
+        if watched is not None and (
+            not _has_exited(watched) if exited is None else watched not in exited
+        ):
             return "alive"
         state, current = process_state(pid)
         if current:
@@ -699,6 +711,25 @@ def _has_exited(pidfd: int) -> bool:
         return bool(poll.poll(0))
     except (OSError, ValueError):
         return True  # asked again of /proc
+
+
+def _exited_pidfds() -> frozenset[int] | None:
+    """Return the watched processes' descriptors that tell of an exit.
+
+    Asked once when a scan begins, in one poll for every watched process,
+    instead of one poll a file.  A process that exits later in the scan
+    reads as alive, as it would had it exited just after its own poll.
+    """
+    if len(_watched) < 2:
+        return None
+    try:
+        poll = select.poll()
+        for pidfd in list(_watched.values()):
+            poll.register(pidfd, select.POLLIN)
+        # A descriptor closed by another thread answers POLLNVAL: /proc it is.
+        return frozenset(pidfd for pidfd, _ in poll.poll(0))
+    except (OSError, ValueError):
+        return None
 
 
 def _watch(pid: int, ticks: int) -> None:
@@ -971,7 +1002,13 @@ def _parse_views(
         closed_at=d[F.H_CLOSED_AT // 8],
         heartbeat=d[F.H_HEARTBEAT // 8],
         state=_state(
-            closed, pid, q[F.H_START_TICKS // 8], hostname, boot, q[F.H_PIDNS // 8]
+            closed,
+            pid,
+            q[F.H_START_TICKS // 8],
+            hostname,
+            boot,
+            q[F.H_PIDNS // 8],
+            patience.exited,
         ),
         version=version,
         size=size,
@@ -1073,7 +1110,7 @@ class _Layout:
         self.slots: list[tuple[int, int]] = []  # (offset, size)
         self.rings: list[tuple[int, int]] = []
         self.selections: dict[Names, _Selection] = {}  # a few: see select()
-        self.splits: dict[Names, tuple[list[Any], list[Any], _Selection]] = {}
+        self.splits: dict[Names, tuple[_CounterFold, list[_HistFold], _Selection]] = {}
         # Slow entries decoded before, by byte offset: (generation, entry).
         self.entries: dict[int, tuple[int, SlowEntry]] = {}
         # Histogram cells read before, by word: (buckets, count, sum, value).
@@ -1084,9 +1121,10 @@ class _Layout:
         self.ends: list[tuple[int, tuple[int, int]]] = []
         self.walked = time.monotonic()  # when walked from the start
 
-    def split(self, names: Names) -> tuple[list[Any], list[Any], _Selection]:
-        """Return the counter cells, the histogram cells, and a selection
-        of the gauges and texts of these names: a folded read's parts."""
+    def split(self, names: Names) -> tuple[_CounterFold, list[_HistFold], _Selection]:
+        """Return what a folded read reads of the counter and the histogram
+        cells (:func:`_fold_plan`), and a selection of the gauges and texts
+        of these names."""
         split = self.splits.get(names)
         if split is None:
             selection = self.select(names)
@@ -1095,8 +1133,7 @@ class _Layout:
                 [m for m in selection.metrics if m[1]["kind"] not in _FOLDED_KINDS],
                 {},
             )
-            counters = [c for c in selection.cells if c[1]["kind"] == _COUNTER]
-            hists = [c for c in selection.cells if c[1]["kind"] == _HISTOGRAM]
+            counters, hists = _fold_plan(selection.cells)
             if len(self.splits) >= 8:
                 self.splits.clear()
             split = self.splits[names] = (counters, hists, rest)
@@ -1261,8 +1298,8 @@ def _parse_records(
 
 def _fold_series(
     worker: Worker,
-    counters: list[tuple[int, dict[str, Any], int, int]],
-    hists: list[tuple[int, dict[str, Any], int, int]],
+    counters: _CounterFold,
+    hists: list[_HistFold],
     q: Any,
     d: Any,
     b: Any,
@@ -1278,36 +1315,68 @@ def _fold_series(
     counts agree, or a write was under way and the read is made again the
     careful way.
     """
-    counted = worker._folded_counts
-    for mid, meta, word, _ in counters:
-        value = q[word]
-        if value < 0:
-            raise ValueError(f"a cell of counter id {mid} is negative")
-        counted.append((meta, value))
+    metas, words, mids = counters
+    values = [q[word] for word in words]
+    if values and min(values) < 0:
+        mid = mids[values.index(min(values))]
+        raise ValueError(f"a cell of counter id {mid} is negative")
+    worker._folded_counts = (metas, values)
     folded = worker._folded_hists
-    for _, meta, word, size in hists:
-        n = meta["nbuckets"]
-        if size < 8 * (F.HIST_BUCKETS + n):
-            raise ValueError("histogram cell is shorter than its buckets")
-        start = (word + F.HIST_BUCKETS) * 8
-        count = q[word + F.HIST_COUNT]
+    from_bytes, order = int.from_bytes, F.NATIVE_ORDER
+    for meta, word, start, end, count_word, high in hists:
+        count = q[count_word]
         sum_value: float = d[word + F.HIST_SUM]
-        raw = bytes(b[start : start + 8 * n])
-        before = _unchanged(kept, word, raw, count, sum_value, q)
-        if before is not None:
+        raw = bytes(b[start:end])
+        # The cell as it was at the last read (see _unchanged), inline: a
+        # scrape reads every cell of every live worker.
+        before = kept.get(word)
+        if (
+            before is not None
+            and before[0] == raw
+            and before[1] == count == q[count_word]
+            and before[2] == sum_value
+        ):
             folded.append((meta, before[3], sum_value, count, None))
             continue
-        packed = int.from_bytes(raw, F.NATIVE_ORDER)
-        if (
-            n < _DIGIT_SUM_MAX
-            and not packed & _high_bits(n)
-            and q[word + F.HIST_COUNT] == count
-        ):
+        packed = from_bytes(raw, order)
+        if high and not packed & high and q[count_word] == count:
             remember = (kept, word, (raw, count, sum_value, packed))
             folded.append((meta, packed, sum_value, count, remember))
         else:  # damaged, or being written: the careful way
+            size = end - start + 8 * F.HIST_BUCKETS
             hist = _read_histogram(meta, b, q, d, word, size, live, patience)
             folded.append((meta, hist))
+
+
+# A folded read's counter cells: their metric records, words and metric ids.
+_CounterFold = tuple[list[dict[str, Any]], list[int], list[int]]
+# A folded read's histogram cell: its metric record, its word, where its
+# buckets start and end (bytes), its count's word, and the bits 48 to 63 of
+# every bucket (0 when it has too many buckets to be packed).
+_HistFold = tuple[dict[str, Any], int, int, int, int, int]
+
+
+def _fold_plan(
+    cells: list[tuple[int, dict[str, Any], int, int]],
+) -> tuple[_CounterFold, list[_HistFold]]:
+    """Return what a folded read reads of these cells, worked out once."""
+    counters: _CounterFold = ([], [], [])
+    hists: list[_HistFold] = []
+    for mid, meta, word, size in cells:
+        if meta["kind"] == _COUNTER:
+            counters[0].append(meta)
+            counters[1].append(word)
+            counters[2].append(mid)
+        elif meta["kind"] == _HISTOGRAM:
+            n = meta["nbuckets"]
+            if size < 8 * (F.HIST_BUCKETS + n):
+                raise ValueError(
+                    f"a cell of histogram id {mid} is shorter than its buckets"
+                )
+            start = (word + F.HIST_BUCKETS) * 8
+            high = _high_bits(n) if n < _DIGIT_SUM_MAX else 0
+            hists.append((meta, word, start, start + 8 * n, word + F.HIST_COUNT, high))
+    return counters, hists
 
 
 def _clean(value: object) -> str:
@@ -2200,7 +2269,7 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
     accs: dict[int, list[Any]] = {}
     read = snapshot._read if snapshot._read is not None else snapshot.workers
     for worker in read:
-        for meta, value in worker._folded_counts:
+        for meta, value in zip(*worker._folded_counts, strict=True):
             acc = counts.get(id(meta))
             if acc is None:
                 counts[id(meta)] = [meta, value]
@@ -2350,6 +2419,7 @@ def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
         return None  # the ordinary scan reports it
     kept = _finals.get(final_want, {})
     patience = _Patience(SCAN_WAIT)
+    patience.exited = _exited_pidfds()
     slots: list[Worker | None] = list(plan.template)
     read: list[Worker] = []
     bad: list[BadFile] = []
@@ -2430,6 +2500,7 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
         return planned
     _plans.pop((path, final_want), None)
     patience = _Patience(SCAN_WAIT)
+    patience.exited = _exited_pidfds()
     for _attempt in range(5):
         listing, stamp = _list_with_inodes(path)
         archive = load_archive(path)

@@ -771,6 +771,46 @@ def test_a_watched_worker_killed_reads_dead_zombie_or_reaped(stats_dir: Path) ->
     assert _open_fds() == before
 
 
+def test_a_scan_asks_every_watched_worker_at_once_and_sees_one_killed(
+    stats_dir: Path,
+) -> None:
+    """With several workers watched, a scan polls their descriptors once
+    when it begins: a killed one reads dead in the next scan (zombie or
+    reaped, planned scan or not), the others alive, and a one-off read of
+    a file agrees."""
+    procs = [_child_writer(stats_dir) for _ in range(3)]
+    try:
+        for _ in range(2):
+            assert _states(stats_dir) == ["alive"] * 3
+        if len(_reader._watched) < 3:
+            pytest.skip("pidfd_open is not available here")
+        assert _reader._exited_pidfds() == frozenset()
+        victim = procs[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _reader.process_state(victim.pid)[0] not in ("Z", "X", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert len(_reader._exited_pidfds() or ()) == 1
+        workers = mmstats.read_directory(stats_dir).workers
+        states = {w.pid: w.state for w in workers}
+        assert states == {p.pid: ("dead" if p is victim else "alive") for p in procs}
+        watched = sorted(pid for pid, _ in _reader._watched)
+        assert watched == sorted(p.pid for p in procs if p is not victim)
+        victim.wait()  # reaped: /proc has no entry any more
+        _quiet(stats_dir)
+        for _ in range(3):  # the last ones by plan
+            states = {w.pid: w.state for w in mmstats.read_directory(stats_dir).workers}
+            assert states[victim.pid] == "dead"
+            assert sorted(states.values()) == ["alive", "alive", "dead"]
+        (victim_file,) = [w.path for w in workers if w.pid == victim.pid]
+        assert mmstats.read_file(victim_file).state == "dead"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_pid_reused_by_another_process_is_not_taken_for_the_watched_one(
     stats_dir: Path,
 ) -> None:
