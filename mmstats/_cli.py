@@ -392,6 +392,20 @@ def _fail_if_empty(snapshot: Snapshot) -> None:
     )
 
 
+def _warn_unknown_names(
+    app: CliContext, snapshot: Snapshot, names: frozenset[str]
+) -> None:
+    """Say on stderr which asked-for metrics no worker and no archive has:
+    a mistyped name would otherwise give a document without it, silently."""
+    found = {s.name for w in snapshot.workers for s in w.series}
+    found.update(s.name for s in snapshot.archive.series)
+    missing = sorted(names - found)
+    if missing and (snapshot.workers or snapshot.archive.workers):
+        listed = ", ".join(repr(name) for name in missing)
+        app.err.write(f"Warning: no metric named {listed} in {snapshot.directory!r}.\n")
+        app.err.flush()
+
+
 def _fail_on_bad_files(app: CliContext, snapshot: Snapshot) -> None:
     """Fail with status 1 after the output when some files were unreadable."""
     n = len(snapshot.bad)
@@ -630,6 +644,8 @@ def json_command(
     )
     if names is not None or slow_limit is not None:
         snapshot = filtered(snapshot, names, slow_limit)
+    if names:
+        _warn_unknown_names(app, snapshot, names)
     if compact is None:
         compact = not app.out.isatty()
     app.out.write(snapshot_json_text(snapshot, None if compact else 2) + "\n")

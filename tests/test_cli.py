@@ -443,6 +443,20 @@ class TestJson:
         bad = mmstats_cli("json", "--dir", d, "--slow", "-1")
         assert bad.returncode == 2 and "--slow" in bad.stderr
 
+    def test_metrics_names_no_worker_has_are_named_on_stderr(
+        self, populated: Workers
+    ) -> None:
+        """A mistyped --metrics name still gives the document, with a one-line
+        warning naming it; names that exist give none."""
+        d = os.fspath(populated.directory)
+        typo = mmstats_cli("json", "--dir", d, "--metrics", "requests,request_second")
+        assert typo.returncode == 0
+        doc = json.loads(typo.stdout)
+        assert {t["name"] for t in doc["totals"]} == {"requests"}
+        assert typo.stderr == (f"Warning: no metric named 'request_second' in {d!r}.\n")
+        good = mmstats_cli("json", "--dir", d, "--metrics", "requests,in_flight")
+        assert good.returncode == 0 and good.stderr == ""
+
     def test_dead_worker_keeps_its_slot(self, populated: Workers) -> None:
         """The killed worker is "dead" and its slot holds the request it served."""
         doc = json.loads(
