@@ -6,6 +6,7 @@ middleware produced, with the status the client receives.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -21,6 +22,10 @@ from mmstats._recorder import Request
 from . import conf, instrument
 
 log = logging.getLogger("mmstats.django")
+
+# The status of a request cancelled before its response was sent (under
+# ASGI, when its client disconnects), as nginx logs it.
+CLIENT_CLOSED_REQUEST = 499
 
 _recorders: dict[tuple[Any, ...], RequestRecorder] = {}
 # View names by view function: a URLconf hands out the same few functions
@@ -124,6 +129,11 @@ class StatsMiddleware:
         try:
             get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
             response = await get_response(request)
+        except asyncio.CancelledError:
+            # Django 5 cancels a view whose client disconnected: nothing was
+            # sent, and it is no server error.  Recorded as nginx logs it.
+            self.recorder.finish(recorded, CLIENT_CLOSED_REQUEST)
+            raise
         except BaseException as exc:
             self.recorder.finish(recorded, 500, exc)
             raise

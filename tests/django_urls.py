@@ -22,6 +22,7 @@ urlpatterns = [
     path("stream-boom/<int:after>/", views.stream_boom),
     path("async/<int:count>/", views.async_view),
     path("async-boom/", views.async_boom),
+    path("async-sleep/<int:ms>/", views.async_sleep),
     path("async-stream/<int:chunks>/", views.async_stream),
     path("items/<int:pk>/", views.ItemView.as_view()),
     path("mw-raise/", views.ok),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -114,6 +115,11 @@ def stream_boom(request: HttpRequest, after: int) -> StreamingHttpResponse:
 async def async_view(request: HttpRequest, count: int) -> HttpResponse:
     await sync_to_async(run_queries)(count)
     return HttpResponse(f"async, {count} queries")
+
+
+async def async_sleep(request: HttpRequest, ms: int) -> HttpResponse:
+    await asyncio.sleep(ms / 1000)
+    return HttpResponse("slept")
 
 
 async def async_boom(request: HttpRequest) -> HttpResponse:

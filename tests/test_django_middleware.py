@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
+import django
 import pytest
 from asgiref.sync import async_to_sync
 from django.apps import apps
@@ -498,6 +499,65 @@ class TestAsync:
         [entry] = worker.slow
         assert (entry.path, entry.status) == ("/async-stream/50/", 200)
         assert 1 <= entry.queries <= 50
+
+    @pytest.mark.skipif(
+        django.VERSION < (5, 0),
+        reason="Django 4.2 runs a view to its end when its client disconnects",
+    )
+    def test_client_gone_before_the_response_is_no_server_error(
+        self, stats: Path
+    ) -> None:
+        """Over ASGI, Django cancels a view whose client disconnected: the
+        request is recorded once, as 499 (nothing was sent), with no
+        exception and nothing left in flight."""
+        application = get_asgi_application()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/async-sleep/5000/",
+            "raw_path": b"/async-sleep/5000/",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 40000),
+            "server": ("testserver", 80),
+        }
+
+        async def run() -> tuple[list[dict[str, Any]], float]:
+            messages: list[dict[str, Any]] = []
+            calls = 0
+
+            async def receive() -> dict[str, Any]:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                await asyncio.sleep(0.05)
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                messages.append(message)
+
+            start = time.monotonic()
+            await application(scope, receive, send)
+            return messages, time.monotonic() - start
+
+        messages, took = async_to_sync(run)()
+
+        assert messages == [] and took < 4  # cancelled, not slept out
+        worker = this_worker(stats)
+        assert worker.value("requests") == 1
+        assert worker.value("responses", {"class": "4xx"}) == 1
+        assert worker.find("responses", {"class": "5xx"}) is None
+        assert [s for s in worker.series if s.name == "exceptions"] == []
+        assert worker.value("in_flight") == 0
+        assert worker.slots == []
+        [entry] = worker.slow
+        assert (entry.path, entry.status) == ("/async-sleep/5000/", 499)
+        assert entry.view == "tests.django_views.async_sleep"
 
 
 @pytest.mark.django_db(transaction=True)
