@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import _format as F
 from ._reader import HistogramValue, Series, Snapshot, read_totals
 from .exceptions import MmstatsError
 
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "mmstats_"
 CLASSIC_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-# One exported bucket for every 9 log buckets: 1.08 ** 9 = 2.0, so the le
-# bounds double from one to the next.
-BUCKET_STRIDE = 9
 LIVE_STATES = ("alive", "unknown")
 STATES = ("alive", "dead", "closed", "unknown")
 # Gauges each worker reads from its host, not of its own: given per pid only.
@@ -127,7 +125,8 @@ class _Writer:
 
 
 def _histogram(w: _Writer, family: str, s: Series) -> None:
-    """Write every ninth log bucket as an ``le`` bucket, then count and sum."""
+    """Write the log buckets that end a doubling as ``le`` buckets (every
+    eighth: exact powers of two), then count and sum."""
     hist: HistogramValue = s.value
     labels = sorted(s.labels.items())
     inner = _labels(labels)[1:-1]
@@ -153,8 +152,9 @@ def _le_bounds(lo: float, gamma: float, nbuckets: int) -> tuple[tuple[int, str],
     """Return the exported buckets of a scheme: (log bucket, its ``le`` text)."""
     last = nbuckets - 2  # the final bucket also holds everything above
     probe = HistogramValue(lo, gamma, False, nbuckets=nbuckets)
+    stride = F.buckets_per_doubling(gamma)
     return tuple(
-        (k, format_value(probe.bounds(k)[1])) for k in range(0, last + 1, BUCKET_STRIDE)
+        (k, format_value(probe.bounds(k)[1])) for k in range(0, last + 1, stride)
     )
 
 

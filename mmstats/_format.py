@@ -14,7 +14,10 @@ import struct
 import sys
 
 MAGIC = b"MMSTATS\x00"
-VERSION = 2
+VERSION = 3
+# Versions a reader reads: version 2 differs only in its histogram buckets
+# (GAMMA_V2), which a metric record names.
+READ_VERSIONS = (2, 3)
 HEADER_SIZE = 4096
 BYTE_ORDER_MARK = 0x0102030405060708
 SUFFIX = ".mmstats"
@@ -117,15 +120,23 @@ MAX_BUCKETS = 100_000
 E_STRINGS = 9
 ENTRY_SIZE = 8 * E_STRINGS + METHOD_SIZE + PATH_SIZE + VIEW_SIZE
 
-# Histogram buckets grow by GAMMA: any value is reported within
-# (GAMMA - 1) / (GAMMA + 1) = 3.85 % of itself.  Bucket 0 holds values at
-# or below ``lo`` (zero among them), the last bucket everything above the
-# range; bucket k holds (lo * GAMMA**(k-1), lo * GAMMA**k].
-GAMMA = 1.08
+# Histogram buckets grow by GAMMA = 2 ** (1/8), eight to a doubling: any
+# value is reported within (GAMMA - 1) / (GAMMA + 1) = 4.33 % of itself.
+# Bucket 0 holds values at or below ``lo`` (zero among them), the last
+# bucket everything above the range; bucket k holds (bound k-1, bound k],
+# where bound k is ``lo * 2 ** (k / 8)``: every eighth bound is ``lo`` times
+# an exact power of two, and with ``lo`` a power of two so is the bound.
+# These are the buckets of Prometheus native histograms and OpenTelemetry
+# exponential histograms at scale 3.  Files of version 2 have GAMMA_V2,
+# whose bound k is ``lo * GAMMA_V2 ** k``.
+BUCKETS_PER_DOUBLING = 8
+GAMMA = 2.0 ** (1 / BUCKETS_PER_DOUBLING)
 LOG_GAMMA = math.log(GAMMA)
+GAMMA_V2 = 1.08
 
-# Ranges by unit: time covers 1 µs to a day, counts 1 to ten million.
-SECONDS_RANGE = (1e-6, 86400.0 * 1.2)
+# Ranges by unit: time covers 2**-20 s (about 1 µs) to a day, counts 1 to
+# ten million.
+SECONDS_RANGE = (2.0**-20, 86400.0 * 1.2)
 COUNT_RANGE = (0.5, 1e7)
 INTEGER_UNITS = frozenset({"", "count", "queries", "requests", "bytes", "items"})
 
@@ -135,14 +146,26 @@ def bucket_count(lo: float, hi: float) -> int:
     return math.ceil(math.log(hi / lo) / LOG_GAMMA) + 2
 
 
+def bucket_bound(lo: float, gamma: float, k: int) -> float:
+    """Return bound ``k`` of a scheme: the top of bucket ``k``.
+
+    Writers bisect these bounds and readers report them, so both compute
+    them here, the same way.
+    """
+    if gamma == GAMMA:
+        return lo * math.pow(2.0, k / BUCKETS_PER_DOUBLING)
+    return lo * float(gamma**k)
+
+
+def buckets_per_doubling(gamma: float) -> int:
+    """Return how many buckets of a scheme make a doubling (at least one)."""
+    return max(1, round(math.log(2.0) / math.log(gamma)))
+
+
 @functools.cache
 def bucket_bounds(lo: float, nbuckets: int) -> tuple[float, ...]:
-    """Return the upper bound of every bucket but the last, which has none.
-
-    Bound k is ``lo * GAMMA**k``, the same float the reader computes for
-    the top of bucket k.
-    """
-    return tuple(lo * GAMMA**k for k in range(nbuckets - 1))
+    """Return the upper bound of every bucket but the last, which has none."""
+    return tuple(bucket_bound(lo, GAMMA, k) for k in range(nbuckets - 1))
 
 
 def bucket_index(lo: float, value: float, nbuckets: int = 0) -> int:

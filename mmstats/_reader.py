@@ -99,6 +99,16 @@ def _low_mask(bits: int) -> int:
     return (1 << bits) - 1
 
 
+# Buckets assumed of a histogram made without its number (tests, by hand).
+_UNKNOWN_NBUCKETS = 1024
+
+
+@functools.lru_cache(maxsize=16)
+def _scheme_bounds(lo: float, gamma: float, nbuckets: int) -> tuple[float, ...]:
+    """Return the bounds of a bucket scheme, as writers bisect them."""
+    return tuple(F.bucket_bound(lo, gamma, k) for k in range(nbuckets - 1))
+
+
 def _add_into(mine: dict[int, int], buckets: dict[int, int]) -> None:
     for k, n in buckets.items():
         mine[k] = mine.get(k, 0) + n
@@ -210,7 +220,11 @@ class HistogramValue:
         self._count = value
 
     def merge(self, other: HistogramValue) -> None:
-        """Add ``other`` into this histogram (``other`` is left as it is)."""
+        """Add ``other`` into this histogram (``other`` is left as it is).
+
+        :raises ValueError: ``other`` has other buckets (see
+            :meth:`merge_moved`).
+        """
         if other.lo != self.lo or other.gamma != self.gamma:
             raise ValueError(
                 f"Cannot merge histograms with buckets lo={other.lo!r} "
@@ -228,6 +242,32 @@ class HistogramValue:
             self._state = (packed + opacked, parts + oparts, plain)
         else:
             _add_into(plain, other.buckets)
+        self._count = count
+
+    def merge_moved(self, other: HistogramValue) -> None:
+        """Add ``other`` of the same quantity, whatever its buckets.
+
+        A histogram of other buckets (a file of format version 2) is added
+        bucket by bucket into the bucket of this one that holds the value
+        standing for it: the count and the sum stay exact, and each
+        observation moves by no more than the two schemes' errors together.
+        """
+        if other.lo == self.lo and other.gamma == self.gamma:
+            self.merge(other)
+            return
+        n = self.nbuckets or _UNKNOWN_NBUCKETS
+        bounds = _scheme_bounds(self.lo, self.gamma, n)
+        moved: dict[int, int] = {}
+        for k, c in other.buckets.items():
+            j = min(bisect.bisect_left(bounds, other.representative(k)), n - 1)
+            moved[j] = moved.get(j, 0) + c
+        count = self._count
+        if count is not None:
+            count = None if other._count is None else count + other._count
+        self.sum += other.sum
+        packed, parts, plain = self._state
+        _add_into(plain, moved)
+        self._state = (packed, parts, plain)
         self._count = count
 
     def same_scheme(self, other: HistogramValue) -> bool:
@@ -268,10 +308,11 @@ class HistogramValue:
         """Return the (lower, upper] bounds of bucket ``k``."""
         if k == 0:
             return (-math.inf, self.lo)
-        return (self.lo * self.gamma ** (k - 1), self.lo * self.gamma**k)
+        lo, gamma = self.lo, self.gamma
+        return (F.bucket_bound(lo, gamma, k - 1), F.bucket_bound(lo, gamma, k))
 
     def representative(self, k: int) -> float:
-        """Return the value that stands for bucket ``k`` (error <= 3.85 %)."""
+        """Return the value that stands for bucket ``k`` (error <= 4.33 %)."""
         if k == 0:
             return 0.0
         low, high = self.bounds(k)
@@ -541,6 +582,8 @@ def _sum_values(series: list[Series]) -> Any:
         for s in series[1:]:
             if s.kind == "histogram" and hist.same_scheme(s.value):
                 hist.merge(s.value)
+            elif s.kind == "histogram" and s.unit == series[0].unit:
+                hist.merge_moved(s.value)
         return hist
     if kind in ("counter", "gauge"):
         return sum(s.value for s in series)
@@ -965,7 +1008,7 @@ def _parse_views(
     if q[F.H_BYTE_ORDER // 8] != F.BYTE_ORDER_MARK:
         raise CorruptFileError(path, "was written with another byte order")
     version = int.from_bytes(b[F.H_VERSION : F.H_VERSION + 4], F.NATIVE_ORDER)
-    if version != F.VERSION:
+    if version not in F.READ_VERSIONS:
         raise UnsupportedVersionError(path, version, F.VERSION)
     header_size = int.from_bytes(
         b[F.H_HEADER_SIZE : F.H_HEADER_SIZE + 4], F.NATIVE_ORDER
@@ -1915,10 +1958,18 @@ def _add_series(
         elif have.kind != s.kind:
             continue  # a name reused with another kind: keep the first
         elif s.kind == "histogram":
-            try:
+            if have.value.same_scheme(s.value):
                 have.value.merge(s.value)
-            except ValueError:
-                continue
+            elif have.unit == s.unit:
+                # The same quantity in other buckets: workers and archives
+                # of format version 2 after an upgrade.  The totals take
+                # this version's buckets.
+                if s.value.gamma == F.GAMMA != have.value.gamma:
+                    old, have.value = have.value, s.value.copy()
+                    have.value.merge_moved(old)
+                else:
+                    have.value.merge_moved(s.value)
+            # else the name reused for another unit: the first kept
         elif s.kind == "gauge":
             g = have.value
             g.sum += s.value
@@ -2319,7 +2370,11 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             same[4] += acc[4]
             same[5].extend(acc[5])
             same[6].extend(acc[6])
-        # else other buckets under the same name: the first kept, as aggregate does
+        elif same[0]["unit"] == meta["unit"]:
+            # The same quantity in other buckets (workers of two format
+            # versions during an upgrade): rare, and merged by aggregate().
+            return None
+        # else the name reused for another unit: the first kept, as aggregate does
     for key, (meta, packed, parts, sum_value, count, careful, keep) in hists.items():
         if parts >= _PACKED_MAX_PARTS:
             return None
@@ -2340,6 +2395,8 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             totals[key] = _series(meta, hist, dict(meta["labels"]))
         elif have.kind == "histogram" and have.value.same_scheme(hist):
             have.value.merge(hist)
+        elif have.kind == "histogram" and have.unit == meta["unit"]:
+            return None  # other buckets: aggregate() moves them
         elif have.kind == "gauge" or key in live_counters:
             return None
         for kept, word, entry in keep:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,41 @@ class TestContent:
         assert counts == sorted(counts)
         assert buckets[-1] == (float("inf"), len(ALL_REQUESTS))
         assert 30 <= len(buckets) <= 45
+
+    def test_le_bounds_are_exact_powers_of_two(self, stats_dir: Path) -> None:
+        """The le buckets are the bounds that end each doubling: powers of two
+        (a query for le="0.25" or le="4" works), and a value equal to a bound
+        is counted under it, as le means."""
+        stats = mmstats.Stats(stats_dir, "bounds")
+        seconds = stats.histogram("took_seconds", "t")
+        for v in (0.25, 0.25, 0.2500001, 1.0, 3.0):
+            seconds.observe(v)
+        rows = stats.histogram("rows", "r", unit="count")
+        for v in (0, 1, 2, 3, 4, 5, 8):
+            rows.observe(v)
+        found = samples(mmstats.scrape(stats_dir).decode())
+
+        def les(name: str) -> dict[float, float]:
+            return {
+                float(dict(labels)["le"]): v
+                for (n, labels), v in found.items()
+                if n == name + "_bucket"
+            }
+
+        took, counted = les("mmstats_took_seconds"), les("mmstats_rows")
+        assert {math.log2(le) % 1 for le in took if le != math.inf} == {0.0}
+        assert (
+            min(took) == 2.0**-20 and max(le for le in took if le < math.inf) == 65536
+        )
+        assert (took[0.125], took[0.25], took[0.5], took[1.0], took[2.0]) == (
+            0,
+            2,
+            3,
+            4,
+            4,
+        )
+        assert took[4.0] == took[math.inf] == 5
+        assert [counted[le] for le in (0.5, 1, 2, 4, 8, 16)] == [1, 2, 3, 5, 7, 7]
 
     def test_gauges_are_per_live_worker_and_summed(
         self, populated: Workers, exposed: dict[tuple[str, Any], float]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,15 +18,18 @@ from hypothesis import strategies as st
 
 import mmstats
 from mmstats import _format as F
+from mmstats._reader import read_totals
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
 class TestGolden:
-    def test_golden_file_reads_to_its_pinned_values(self) -> None:
-        """Format 2's golden file gives these exact values (docs/FORMAT.md)."""
-        worker = mmstats.read_file(GOLDEN / "v2.mmstats")
-        assert (worker.pid, worker.version, worker.state) == (12345, 2, "closed")
+    @pytest.mark.parametrize("version", [2, 3])
+    def test_golden_file_reads_to_its_pinned_values(self, version: int) -> None:
+        """Format 3's golden file, and format 2's (whose histograms have other
+        buckets), give these exact values (docs/FORMAT.md)."""
+        worker = mmstats.read_file(GOLDEN / f"v{version}.mmstats")
+        assert (worker.pid, worker.version, worker.state) == (12345, version, "closed")
         assert worker.hostname == "golden-host"
         assert worker.command == "gunicorn: worker [golden]"
         assert worker.name == "golden"
@@ -36,10 +41,18 @@ class TestGolden:
         assert worker.value("temperature") == 21.5
         runtime = worker.value("runtime")
         assert (runtime.count, runtime.sum) == (5, 7201.753002)
-        assert runtime.buckets == {10: 1, 105: 1, 162: 1, 185: 1, 295: 1}
         rows = worker.value("rows")
-        assert (rows.lo, rows.integer, rows.buckets) == (0.5, True, {58: 1})
-        assert rows.quantile(0.5) == 42
+        assert (rows.lo, rows.integer) == (0.5, True)
+        if version == 2:  # gamma 1.08 from 1e-6 s
+            assert runtime.buckets == {10: 1, 105: 1, 162: 1, 185: 1, 295: 1}
+            assert rows.buckets == {58: 1}
+            assert rows.quantile(0.5) == 42
+        else:  # eight buckets a doubling from 2**-20 s: 2e-6, 0.003, ..., 7200
+            assert (runtime.lo, runtime.gamma) == (2.0**-20, 2 ** (1 / 8))
+            assert runtime.buckets == {9: 1, 93: 1, 144: 1, 165: 1, 263: 1}
+            assert runtime.bounds(144) == (2 ** (-17 / 8), 0.25)  # 0.25 is a bound
+            assert rows.buckets == {52: 1}  # 42 in (41.5, 45.25]: 43 stands for it
+            assert rows.quantile(0.5) == 43
         assert worker.value("version") == "v1.2.3-ü"
         assert worker.value("requests") == 1
         assert worker.value("responses", {"class": "2xx"}) == 1
@@ -70,12 +83,12 @@ class TestGolden:
             check=True,
             timeout=60,
         )
-        assert out.read_bytes() == (GOLDEN / "v2.mmstats").read_bytes()
+        assert out.read_bytes() == (GOLDEN / "v3.mmstats").read_bytes()
 
     def test_histogram_cell_is_count_sum_then_buckets(self) -> None:
         """A histogram cell read by the documented offsets alone: u64 count,
         f64 sum, then one u64 per bucket, and no sequence word (#2)."""
-        data = (GOLDEN / "v2.mmstats").read_bytes()
+        data = (GOLDEN / "v3.mmstats").read_bytes()
         metrics: dict[int, str] = {}
         cells: dict[str, bytes] = {}
         off = F.HEADER_SIZE
@@ -95,13 +108,13 @@ class TestGolden:
         count, total = struct.unpack_from("=Qd", runtime)
         buckets = struct.unpack_from(f"={len(runtime) // 8 - 2}Q", runtime, 16)
         assert (count, total) == (5, 7201.753002)
-        assert len(buckets) == 332
+        assert len(buckets) == 296  # 2**-20 s to 1.2 days, eight a doubling, + 2
         assert {k: n for k, n in enumerate(buckets) if n} == {
-            10: 1,
-            105: 1,
-            162: 1,
-            185: 1,
-            295: 1,
+            9: 1,
+            93: 1,
+            144: 1,
+            165: 1,
+            263: 1,
         }
 
     def test_file_of_format_1_is_refused_by_name(self) -> None:
@@ -109,7 +122,7 @@ class TestGolden:
         with the one-line newer/older error, not misread (#2)."""
         with pytest.raises(
             mmstats.UnsupportedVersionError,
-            match=r"v1\.mmstats: has format version 1, older than this reader's 2",
+            match=r"v1\.mmstats: has format version 1, older than this reader's 3",
         ):
             mmstats.read_file(GOLDEN / "v1.mmstats")
 
@@ -189,3 +202,43 @@ def test_random_writes_read_back_exactly(
                 assert F.bucket_index(read.lo, v) in read.buckets
         else:
             assert read == value
+
+
+def test_an_upgrade_from_format_2_keeps_every_histogram(stats_dir: Path) -> None:
+    """A worker of format 2 beside one of format 3, during an upgrade: the
+    totals (the careful read, the scrape's read, the exposition) keep every
+    observation of both, in format 3's buckets, and `clean` keeps them as
+    they were."""
+    shutil.copy(GOLDEN / "v2.mmstats", stats_dir / "golden.12345.aaaa.mmstats")
+    stats = mmstats.Stats(stats_dir, "live")
+    runtime = stats.histogram("runtime", "Run time")
+    for v in (0.003, 0.25, 2.0):
+        runtime.observe(v)
+    rows = stats.histogram("rows", "Rows per job", unit="count")
+    rows.observe(4)
+
+    def check(totals: dict[tuple[str, Any], mmstats.Series]) -> None:
+        seconds = totals[("runtime", ())].value
+        assert (seconds.lo, seconds.gamma) == (2.0**-20, F.GAMMA)
+        assert seconds.count == sum(seconds.buckets.values()) == 8
+        assert seconds.sum == 7201.753002 + 2.253
+        # 2e-6, 0.003 (twice), 0.25 (twice), 1.5, 2.0, 7200: each within
+        # the two schemes' errors (4.33 % and 3.85 %) of its bucket.
+        for value, q in ((0.003, 0.3), (0.25, 0.6), (7200.0, 1.0)):
+            assert seconds.quantile(q) == pytest.approx(value, rel=0.085)
+        counted = totals[("rows", ())].value
+        assert (counted.count, counted.sum) == (2, 46.0)
+        # 42 of format 2 is in format 3's bucket (41.5, 45.25], shown as 43.
+        assert sorted(counted.quantiles((0.0, 1.0))) == [4, 43]
+
+    check(mmstats.read_directory(stats_dir).totals())
+    check(read_totals(stats_dir).totals())
+    exposed = mmstats.scrape(stats_dir).decode()
+    assert "mmstats_runtime_count 8\n" in exposed
+    assert 'mmstats_runtime_bucket{le="0.25"} 5\n' in exposed
+    result = mmstats.clean(stats_dir)
+    assert [os.path.basename(w.path) for w in result.folded] == [
+        "golden.12345.aaaa.mmstats"
+    ]
+    check(mmstats.read_directory(stats_dir).totals())
+    check(read_totals(stats_dir).totals())

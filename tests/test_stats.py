@@ -260,7 +260,7 @@ class TestFiles:
         assert worker.pid == os.getpid()
         assert worker.hostname == os.uname().nodename
         assert worker.state == "alive"
-        assert worker.version == F.VERSION == 2
+        assert worker.version == F.VERSION == 3
         assert worker.name == "header"
         assert "python" in worker.command or "pytest" in worker.command
         assert 0 < worker.start_time <= worker.created

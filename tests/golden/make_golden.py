@@ -1,4 +1,4 @@
-"""Write the golden stats file that pins format version 2.
+"""Write the golden stats file that pins format version 3.
 
 Run in a fresh process: ``python tests/golden/make_golden.py OUT``.  Every
 value that would differ between runs (pid, times, host, thread id) is fixed,
