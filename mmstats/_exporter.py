@@ -35,8 +35,12 @@ _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def metric_name(prefix: str, name: str) -> str:
-    """Return a valid Prometheus metric name for a stats name."""
-    full = _NAME_BAD.sub("_", prefix + name)
+    """Return a valid Prometheus metric name for a stats name.
+
+    A name that already begins with the prefix (mmstats' own
+    ``mmstats_dropped_labels``) gets it once.
+    """
+    full = _NAME_BAD.sub("_", name if name.startswith(prefix) else prefix + name)
     return full if not full[:1].isdigit() else "_" + full
 
 

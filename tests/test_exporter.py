@@ -126,6 +126,19 @@ class TestContent:
         assert took[4.0] == took[math.inf] == 5
         assert [counted[le] for le in (0.5, 1, 2, 4, 8, 16)] == [1, 2, 3, 5, 7, 7]
 
+    def test_dropped_labels_are_exported_under_their_documented_name(
+        self, stats_dir: Path
+    ) -> None:
+        """Values past a metric's label cap are counted by mmstats' own
+        ``mmstats_dropped_labels``: exported with the prefix once."""
+        stats = mmstats.Stats(stats_dir, "capped", label_limit=2)
+        for queue in ("a", "b", "c", "d", "e"):
+            stats.counter("jobs", "Jobs", {"queue": queue}).incr()
+        found = samples(mmstats.scrape(stats_dir).decode())
+        assert value(found, "mmstats_dropped_labels_total", metric="jobs") == 3
+        assert not [name for name, _ in found if name.startswith("mmstats_mmstats")]
+        assert value(found, "mmstats_jobs_total", queue="a") == 1
+
     def test_gauges_are_per_live_worker_and_summed(
         self, populated: Workers, exposed: dict[tuple[str, Any], float]
     ) -> None:
