@@ -36,6 +36,7 @@ from ._render import (
     bad_table,
     clean_text,
     dump_view,
+    problem_lines,
     safe,
     show_view,
     slow_table,
@@ -386,6 +387,12 @@ def _fail_if_empty(snapshot: Snapshot) -> None:
     if snapshot.workers or snapshot.bad or snapshot.archive.workers:
         return
     path = snapshot.directory
+    if snapshot.problems:
+        # The reason workers have no file there, rather than advice that
+        # cannot work while it lasts.
+        raise EmptyDirectory(
+            " ".join(snapshot.problems) + " It holds no stats files yet."
+        )
     raise EmptyDirectory(
         f"Stats directory {path!r} holds no stats files; start the app with "
         f"MMSTATS_DIR={path} or pass --dir with the directory it writes to."
@@ -595,6 +602,9 @@ def slow(app: CliContext, path: str, wide: bool, limit: int, sort: str) -> None:
     snapshot = _read(path)
     entries = snapshot.slow(limit or None, sort)
     console = app.console(wide)
+    problems = problem_lines(snapshot)
+    if problems:
+        console.print(problems)
     if entries:
         console.print(slow_table(entries, snapshot.read_at, wide))
     else:

@@ -248,6 +248,12 @@ def _render_workers(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
         prefix + "unreadable_files", "gauge", "Files skipped as unreadable"
     )
     w.sample(family, [], len(snapshot.bad))
+    family = w.family(
+        prefix + "directory_problems",
+        "gauge",
+        "Reasons workers cannot write in the directory (mmstats show names them)",
+    )
+    w.sample(family, [], len(snapshot.problems))
 
 
 def scrape(

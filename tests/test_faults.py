@@ -978,6 +978,8 @@ class TestUnusable:
         shown = " ".join(_cli_output("show", small_disk).split())
         assert "Warning: Stats directory" in shown and "KiB free" in shown
         assert f"Warning: worker {worker.pid} (closed): its file could not" in shown
+        slow = " ".join(_cli_output("slow", small_disk).split())
+        assert "Warning: Stats directory" in slow and "KiB free" in slow
         doc = json.loads(_cli_output("json", small_disk))
         assert doc["workers"][0]["problem"] == worker.problem
         assert doc["problems"] == snapshot.problems
@@ -1039,6 +1041,19 @@ class TestUnusable:
         assert "world-writable" in (result["disabled"] or "")
         [problem] = mmstats.read_directory(directory).problems
         assert "world-writable without the sticky bit" in problem
+        # show and slow fail as for an empty directory, with the reason
+        # rather than advice to point workers at it.
+        for command in ("show", "slow"):
+            shown = subprocess.run(
+                [sys.executable, "-m", "mmstats._cli", command, "--dir", directory],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert shown.returncode == 4
+            assert shown.stderr == f"Error: {problem} It holds no stats files yet.\n"
+        exposed = mmstats.scrape(directory).decode()
+        assert "\nmmstats_directory_problems 1\n" in exposed
 
     @pytest.mark.parametrize("planted", ["file", "temporary", "symlink"])
     def test_file_with_our_name_owned_by_someone_else(
