@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parent
 DJANGO_SITE = ROOT / "example_projects" / "django_site"
 MANAGE_PY = DJANGO_SITE / "manage.py"
 VAR_DIR = ROOT / "var"
-DEMO_MMSTATS_DIR = VAR_DIR / "demo-mmstats"
-DEMO_DATABASE = VAR_DIR / "demo-db.sqlite3"
-DEMO_SERVER_LOG = VAR_DIR / "demo-gunicorn.log"
+# What the demo leaves under its var directory (--var).
+DEMO_MMSTATS = "demo-mmstats"
+DEMO_DATABASE = "demo-db.sqlite3"
+DEMO_SERVER_LOG = "demo-gunicorn.log"
 
 MIN_PYTHON = (3, 11)
 HOST = "127.0.0.1"
@@ -146,6 +147,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_REQUESTS,
         help=f"number of requests to send (default: {DEFAULT_REQUESTS})",
+    )
+    demo.add_argument(
+        "--var",
+        metavar="DIR",
+        type=Path,
+        default=VAR_DIR,
+        help="where the demo keeps its stats, database and server log (default: var)",
     )
     demo.add_argument(
         "--concurrency",
@@ -478,15 +486,17 @@ def run_demo(args: argparse.Namespace) -> int:
     python = ensure_venv(args.venv)
     install_project(python, "demo")
 
-    _fresh_private_dir(DEMO_MMSTATS_DIR)
+    var = args.var.resolve()
+    stats_dir, database = var / DEMO_MMSTATS, var / DEMO_DATABASE
+    _fresh_private_dir(stats_dir)
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "django_site.settings",
-        "DJANGO_SITE_DB": str(DEMO_DATABASE),
-        "MMSTATS_DIR": str(DEMO_MMSTATS_DIR),
+        "DJANGO_SITE_DB": str(database),
+        "MMSTATS_DIR": str(stats_dir),
         "PYTHONUNBUFFERED": "1",
     }
-    step(f"Migrating and seeding the example database {_relative(DEMO_DATABASE)}")
+    step(f"Migrating and seeding the example database {_relative(database)}")
     for command in (["migrate", "--noinput"], ["seed"]):
         _run(
             [python, MANAGE_PY, *command, "-v", "0"],
@@ -495,7 +505,7 @@ def run_demo(args: argparse.Namespace) -> int:
             env=env,
         )
 
-    server = GunicornServer(python, args.port, env)
+    server = GunicornServer(python, args.port, env, var / DEMO_SERVER_LOG)
     failures = 0
     try:
         server.start()
@@ -544,20 +554,21 @@ def _fresh_private_dir(path: Path) -> None:
 class GunicornServer:
     """The Django example under gunicorn, in a process group of its own."""
 
-    def __init__(self, python: Path, port: int, env: dict[str, str]) -> None:
+    def __init__(self, python: Path, port: int, env: dict[str, str], log: Path) -> None:
         # The venv's gunicorn script rather than "python -m gunicorn", so
         # the workers' command line, which stats files record, says gunicorn.
         self.gunicorn = python.parent / "gunicorn"
         self.port = port
         self.env = env
         self.base_url = f"http://{HOST}:{port}"
+        self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start gunicorn and wait until the example answers."""
         step(
             f"Starting gunicorn with {GUNICORN_WORKERS} sync workers on "
-            f"{self.base_url} (log: {_relative(DEMO_SERVER_LOG)})"
+            f"{self.base_url} (log: {_relative(self.log)})"
         )
         command = [
             str(self.gunicorn),
@@ -582,8 +593,8 @@ class GunicornServer:
         if self._supports("--no-control-socket"):
             command.append("--no-control-socket")
 
-        DEMO_SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
-        with DEMO_SERVER_LOG.open("wb") as log:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as log:
             # A session of its own keeps Ctrl-C in the terminal away from
             # gunicorn, so stop() decides how it ends, and lets stop() kill
             # the workers along with the master.
@@ -625,8 +636,7 @@ class GunicornServer:
             if self.process.poll() is not None:
                 raise DevError(
                     f"gunicorn exited with status {self.process.returncode} "
-                    f"at startup; see {_relative(DEMO_SERVER_LOG)}:\n"
-                    + _tail(DEMO_SERVER_LOG)
+                    f"at startup; see {_relative(self.log)}:\n" + _tail(self.log)
                 )
             try:
                 with _OPENER.open(url, timeout=2) as response:
@@ -635,7 +645,7 @@ class GunicornServer:
                 exc.close()
                 raise DevError(
                     f"GET {url} answered {exc.code} instead of 200; see "
-                    f"{_relative(DEMO_SERVER_LOG)}:\n" + _tail(DEMO_SERVER_LOG)
+                    f"{_relative(self.log)}:\n" + _tail(self.log)
                 ) from None
             except OSError:
                 time.sleep(0.2)
@@ -646,7 +656,7 @@ class GunicornServer:
             return
         raise DevError(
             f"gunicorn did not answer within {STARTUP_TIMEOUT:.0f} s; see "
-            f"{_relative(DEMO_SERVER_LOG)}."
+            f"{_relative(self.log)}."
         )
 
     def stop(self) -> None:

@@ -22,14 +22,17 @@ def _free_port() -> int:
         return port
 
 
-def test_demo_serves_requests_and_prints_the_stats() -> None:
+def test_demo_serves_requests_and_prints_the_stats(tmp_path: Path) -> None:
     """Every request answers as planned; show lists the 4 live workers with
-    the requests they served and slow lists slow requests."""
+    the requests they served and slow lists slow requests.  The run keeps
+    its files under --var, leaving a user's own demo run in var/ alone."""
     result = subprocess.run(
         [
             sys.executable,
             "dev.py",
             "demo",
+            "--var",
+            str(tmp_path / "var"),
             "--venv",
             sys.prefix,
             "--port",
@@ -51,3 +54,9 @@ def test_demo_serves_requests_and_prints_the_stats() -> None:
     assert total.split()[1] == "120"
     assert "==> manage.py mmstats slow" in out
     assert "Slow requests (" in out
+    assert sorted(p.name for p in (tmp_path / "var").iterdir()) == [
+        "demo-db.sqlite3",
+        "demo-gunicorn.log",
+        "demo-mmstats",
+    ]
+    assert len(list((tmp_path / "var" / "demo-mmstats").glob("*.mmstats"))) == 4
