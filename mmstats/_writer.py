@@ -61,6 +61,8 @@ def default_name() -> str:
     name = os.environ.get("MMSTATS_NAME")
     if not name:
         program = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+        if program == "-c":  # python -c '...'
+            program = "python"
         name = os.path.basename(program)
         if name == "__main__.py":  # python -m package: name the package
             name = os.path.basename(os.path.dirname(program))
@@ -72,7 +74,8 @@ def safe_name(name: str) -> str:
     if name.endswith(".py"):
         name = name[:-3]
     cleaned = "".join(c if c in _NAME_OK else "_" for c in name)[:40]
-    return cleaned or "app"
+    # Not a file name that a command line takes for an option.
+    return cleaned.lstrip("-") or "app"
 
 
 def open_directory(path: str, private: bool) -> int:

@@ -252,6 +252,30 @@ class TestFiles:
         stats.counter("c").incr()
         assert os.stat(stats.path or "").st_mode & 0o777 == 0o600
 
+    def test_file_names_never_look_like_options_or_hidden_files(
+        self, stats_dir: Path
+    ) -> None:
+        """A writer started as ``python -c`` (argv[0] is "-c") names its file
+        after python, and names from MMSTATS_NAME lose leading dashes,
+        so `mmstats dump FILE` takes the file as it is."""
+        code = (
+            "import os, sys, mmstats\n"
+            "mmstats.Stats(sys.argv[1]).counter('c').incr()\n"
+            "os.environ['MMSTATS_NAME'] = '--x'\n"
+            "mmstats.Stats(sys.argv[1]).counter('c').incr()\n"
+        )
+        subprocess.run([sys.executable, "-c", code, stats_dir], check=True)
+        names = sorted(p.name.split(".")[0] for p in stats_dir.iterdir())
+        assert names == ["python", "x"]
+        [python_file] = stats_dir.glob("python.*")
+        dumped = subprocess.run(
+            [sys.executable, "-m", "mmstats._cli", "dump", python_file.name],
+            cwd=stats_dir,
+            capture_output=True,
+            text=True,
+        )
+        assert dumped.returncode == 0, dumped.stderr
+
     def test_header_tells_who_wrote_the_file(self, stats_dir: Path) -> None:
         """pid, host, start time, command and format version are in the header."""
         stats = mmstats.Stats(stats_dir, "header")
