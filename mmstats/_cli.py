@@ -413,14 +413,16 @@ def _warn_unknown_names(
         app.err.flush()
 
 
-def _fail_on_bad_files(app: CliContext, snapshot: Snapshot) -> None:
+def _fail_on_bad_files(
+    app: CliContext, snapshot: Snapshot, listed: str = "listed above"
+) -> None:
     """Fail with status 1 after the output when some files were unreadable."""
     n = len(snapshot.bad)
     if n:
         files = "file" if n == 1 else "files"
         raise BadFilesError(
             f"{n} stats {files} in {snapshot.directory!r} could not be read "
-            "(listed above); the other files were shown.",
+            f"({listed}); the other files were shown.",
             app.err,
         )
 
@@ -660,7 +662,7 @@ def json_command(
         compact = not app.out.isatty()
     app.out.write(snapshot_json_text(snapshot, None if compact else 2) + "\n")
     app.out.flush()
-    _fail_on_bad_files(app, snapshot)
+    _fail_on_bad_files(app, snapshot, "listed in bad_files")
     _fail_if_empty(snapshot)
 
 

@@ -779,12 +779,14 @@ class TestErrors:
         assert "broken.1.x.mmstats" in listed
         assert "shorter than" in " ".join(listed.split())
         [line] = result.stderr.splitlines()
-        assert "1 stats file" in line
+        assert "1 stats file" in line and "(listed above)" in line
 
         doc = mmstats_cli("json", "--dir", os.fspath(stats_dir))
         assert doc.returncode == EXIT_BAD_FILES
         [entry] = json.loads(doc.stdout)["bad_files"]
         assert entry["path"] == os.fspath(bad)
+        [line] = doc.stderr.splitlines()
+        assert "1 stats file" in line and "(listed in bad_files)" in line
 
     def test_traceback_only_on_request(self, tmp_path: Path) -> None:
         """--traceback or MMSTATS_TRACEBACK=1 adds the traceback."""

@@ -252,9 +252,7 @@ class TestFiles:
         stats.counter("c").incr()
         assert os.stat(stats.path or "").st_mode & 0o777 == 0o600
 
-    def test_file_names_never_look_like_options(
-        self, stats_dir: Path
-    ) -> None:
+    def test_file_names_never_look_like_options(self, stats_dir: Path) -> None:
         """A writer started as ``python -c`` (argv[0] is "-c") names its file
         after python, and names from MMSTATS_NAME lose leading dashes,
         so `mmstats dump FILE` takes the file as it is."""
