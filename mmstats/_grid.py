@@ -38,6 +38,9 @@ class GridColumn:
     min_width: int | None = None
     overflow: str = "ellipsis"
     footer: Cell = ""
+    # Left out when the table is wider than the terminal: the lowest first;
+    # None: always shown.
+    drop: int | None = None
 
 
 class Grid:
@@ -63,9 +66,13 @@ class Grid:
         no_wrap: bool = False,
         min_width: int | None = None,
         overflow: str = "ellipsis",
+        drop: int | None = None,
     ) -> None:
-        """Add a column (the arguments mean what they mean to rich)."""
-        self.columns.append(GridColumn(header, justify, no_wrap, min_width, overflow))
+        """Add a column (the arguments mean what they mean to rich; ``drop``
+        orders the columns left out of a table too wide for the terminal)."""
+        self.columns.append(
+            GridColumn(header, justify, no_wrap, min_width, overflow, drop=drop)
+        )
 
     def add_row(self, *cells: Cell) -> None:
         """Add a row of one cell per column."""
@@ -77,9 +84,58 @@ class Grid:
     def row_count(self) -> int:
         return len(self.rows)
 
+    def fitted(self, max_width: int) -> Grid:
+        """Return this table without the columns it must leave out to fit
+        ``max_width``, the lowest ``drop`` first, and say so in its caption;
+        itself when it fits or has nothing to leave out."""
+        widths = self._natural_widths()
+        over = sum(widths) + len(widths) - 1 - max_width
+        droppable = sorted(
+            (c.drop, i) for i, c in enumerate(self.columns) if c.drop is not None
+        )
+        if over <= 0 or not droppable:
+            return self
+        left_out: set[int] = set()
+        for _, i in droppable:
+            if over <= 0:
+                break
+            left_out.add(i)
+            over -= widths[i] + 1
+        keep = [i for i in range(len(self.columns)) if i not in left_out]
+        names = ", ".join(self.columns[i].header for i in sorted(left_out))
+        note = f"Left out to fit the width: {names}."
+        grid = Grid(
+            self.title,
+            f"{self.caption} {note}" if self.caption else note,
+            self.show_footer,
+        )
+        grid.columns = [self.columns[i] for i in keep]
+        grid.rows = [tuple(row[i] for i in keep) for row in self.rows]
+        return grid
+
+    def _natural_widths(self) -> list[int]:
+        """Return each column's width with its cells on one line each."""
+        widths = []
+        for i, column in enumerate(self.columns):
+            cells: list[Cell] = [column.header, *(row[i] for row in self.rows)]
+            if self.show_footer:
+                cells.append(column.footer)
+            width = column.min_width or 0
+            for cell in cells:
+                plain = cell.plain if isinstance(cell, Text) else cell
+                for line in plain.split("\n"):
+                    width = max(width, cell_len(line))
+            widths.append(width)
+        return widths
+
     def __rich_console__(
         self, console: Console, options: ConsoleOptions
     ) -> RenderResult:
+        if any(c.drop is not None for c in self.columns):
+            fitted = self.fitted(options.max_width)
+            if fitted is not self:
+                yield fitted
+                return
         widths = self._widths(options.max_width)
         if widths is None:
             yield self.to_table()

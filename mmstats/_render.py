@@ -192,14 +192,18 @@ def _table(
     return Grid(title=title, caption=caption, show_footer=footer)
 
 
-def _num(table: Grid, header: str, min_width: int | None = None) -> None:
-    table.add_column(header, justify="right", no_wrap=True, min_width=min_width)
+def _num(
+    table: Grid, header: str, min_width: int | None = None, drop: int | None = None
+) -> None:
+    table.add_column(
+        header, justify="right", no_wrap=True, min_width=min_width, drop=drop
+    )
 
 
-def _txt(table: Grid, header: str, min_width: int = 4) -> None:
+def _txt(table: Grid, header: str, min_width: int = 4, drop: int | None = None) -> None:
     # Text columns may shrink when the table is too wide; the cells (see
     # safe()) decide whether they are cut with an ellipsis or folded.
-    table.add_column(header, overflow="fold", min_width=min_width)
+    table.add_column(header, overflow="fold", min_width=min_width, drop=drop)
 
 
 @dataclass
@@ -307,24 +311,46 @@ def worker_table(
     return table
 
 
+# The worker table's columns left out first when a terminal is too narrow
+# for them (PID, State and Reqs always stay).
+_WORKER_DROPS = {
+    "Name": 0,
+    "Host": 1,
+    "Exc": 2,
+    "3xx": 3,
+    "Up": 4,
+    "Q/req": 5,
+    "2xx": 6,
+    "RSS": 7,
+    "4xx": 8,
+    "p50": 9,
+    "Avg/s": 10,
+    "Req/s": 10,
+    "Busy": 11,
+    "5xx": 12,
+    "p99": 13,
+}
+
+
 def _worker_columns(table: Grid, wide: bool, rate_header: str) -> None:
+    drops = _WORKER_DROPS
     _num(table, "PID")
-    _txt(table, "State")
+    _txt(table, "State", min_width=5)
     if wide:
-        _txt(table, "Name")
-        _txt(table, "Host")
-    _num(table, "Up")
+        _txt(table, "Name", drop=drops["Name"])
+        _txt(table, "Host", drop=drops["Host"])
+    _num(table, "Up", drop=drops["Up"])
     _num(table, "Reqs")
-    _num(table, rate_header)
+    _num(table, rate_header, drop=drops[rate_header])
     for cls in ("2xx", "3xx", "4xx", "5xx"):
-        _num(table, cls)
+        _num(table, cls, drop=drops[cls])
     if wide:
-        _num(table, "Exc")
-    _num(table, "Busy")
-    _num(table, "p50")
-    _num(table, "p99")
-    _num(table, "Q/req")
-    _num(table, "RSS")
+        _num(table, "Exc", drop=drops["Exc"])
+    _num(table, "Busy", drop=drops["Busy"])
+    _num(table, "p50", drop=drops["p50"])
+    _num(table, "p99", drop=drops["p99"])
+    _num(table, "Q/req", drop=drops["Q/req"])
+    _num(table, "RSS", drop=drops["RSS"])
 
 
 def _worker_cells(

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 import mmstats
 from mmstats._cli import EXIT_BAD_FILES, EXIT_DIRECTORY, EXIT_EMPTY, CliContext, run
-from mmstats._render import clean_text
+from mmstats._render import clean_text, show_view
 from tests.workers import (
     ALIVE_REQUESTS,
     CLOSED_REQUESTS,
@@ -117,6 +118,36 @@ class TestShow:
         lines = result.stdout.splitlines()
         assert len(lines) > 5
         assert [line for line in lines if line != line.rstrip(" ")] == []
+
+    @pytest.mark.parametrize("width", [72, 60, 50, 40])
+    def test_narrow_terminals_leave_columns_out_rather_than_break_rows(
+        self, populated: Workers, width: int
+    ) -> None:
+        """On a terminal narrower than the worker table, the columns least
+        needed are left out, and the caption names them: each worker's row
+        stays on one line with its PID, state and requests whole."""
+        snapshot = mmstats.read_directory(populated.directory, slow=False)
+        out = io.StringIO()
+        console = Console(file=out, width=width, color_system=None)
+        console.print(show_view(snapshot, False))
+        text = out.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= width
+        header = row(text, "PID")
+        reqs = header.index("Reqs")
+        assert header[:2] == ["PID", "State"]
+        alive = row(text, str(populated.pids["alive"]))
+        closed = row(text, str(populated.pids["closed"]))
+        assert (alive[1], alive[reqs]) == ("alive", "7")
+        assert (closed[1], closed[reqs]) == ("closed", "5")
+        every = "PID State Up Reqs Avg/s 2xx 3xx 4xx 5xx Busy p50 p99 Q/req RSS"
+        missing = [name for name in every.split() if name not in header]
+        said = " ".join(text.split())
+        if width <= 60:
+            assert missing
+        if missing:
+            assert f"Left out to fit the width: {', '.join(missing)}." in said
+        else:
+            assert "Left out" not in said
 
     def test_rows_show_the_counts_each_worker_wrote(self, populated: Workers) -> None:
         """Each worker's row has its requests, status classes, busy count and
