@@ -124,19 +124,20 @@ class Grid:
             for cell in cells:
                 plain = cell.plain if isinstance(cell, Text) else cell
                 for line in plain.split("\n"):
-                    width = max(width, cell_len(line))
+                    size = len(line) if line.isascii() else cell_len(line)
+                    width = max(width, size)
             widths.append(width)
         return widths
 
     def __rich_console__(
         self, console: Console, options: ConsoleOptions
     ) -> RenderResult:
-        if any(c.drop is not None for c in self.columns):
+        widths = self._widths(options.max_width)
+        if widths is None and any(c.drop is not None for c in self.columns):
             fitted = self.fitted(options.max_width)
             if fitted is not self:
                 yield fitted
                 return
-        widths = self._widths(options.max_width)
         if widths is None:
             yield self.to_table()
             return
