@@ -19,7 +19,6 @@ import mmap
 import os
 import resource
 import select
-import socket
 import stat
 import struct
 import time
@@ -32,6 +31,7 @@ from ._archive import ARCHIVE_NAME, Archive, load_archive
 from ._writer import (
     CHUNK_SIZE,
     boot_id,
+    hostname,
     pid_namespace,
     process_start_ticks,
     process_state,
@@ -673,7 +673,7 @@ class _Host:
     """What a reader needs to know about its own host to judge liveness."""
 
     def __init__(self) -> None:
-        self.hostname = socket.gethostname()
+        self.hostname = hostname()
         self.boot_id = boot_id()
         self.pidns = pid_namespace()
 

@@ -850,13 +850,14 @@ def run_cli(command: str, directory: Path) -> tuple[int, str, str]:
 
 UNUSABLE_WORKER = textwrap.dedent(
     """
-    import json, logging, os, secrets, sys
+    import json, logging, os, sys
     from werkzeug.test import Client
+    import mmstats._writer
     from mmstats_wsgi import StatsMiddleware
 
     directory, requests = sys.argv[1], int(sys.argv[2])
     if os.environ.get("FIXED_TOKEN"):
-        secrets.token_hex = lambda n: os.environ["FIXED_TOKEN"]
+        mmstats._writer.file_token = lambda: os.environ["FIXED_TOKEN"]
     warnings = []
 
     class Keep(logging.Handler):

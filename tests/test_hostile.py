@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from rich.console import Console
 from werkzeug.test import Client
 
 import mmstats
+import mmstats._writer as writer_module
 from mmstats import _format as F
 from mmstats._exporter import render as render_exposition
 from mmstats._render import dump_view, show_view, slow_table
@@ -615,8 +615,9 @@ HOSTILE_METHOD = "GET\x1b[31m<sc>LONGMETHOD"
 
 HOSTILE_WORKER = textwrap.dedent(
     """
-    import json, socket, sys
-    socket.gethostname = lambda: json.loads(sys.argv[3])
+    import json, sys
+    import mmstats._writer
+    mmstats._writer.hostname = lambda: json.loads(sys.argv[3])
     import mmstats
     from werkzeug.test import EnvironBuilder
     from mmstats_wsgi import StatsMiddleware
@@ -818,7 +819,7 @@ def test_hostnames_and_names_from_this_host_render(
     stats_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host name that is not UTF-8 does not break the writer (#7)."""
-    monkeypatch.setattr(socket, "gethostname", lambda: "b\udcffd-hôst")
+    monkeypatch.setattr(writer_module, "hostname", lambda: "b\udcffd-hôst")
     stats = mmstats.Stats(stats_dir, "hostname")
     stats.counter("c").incr()
     assert stats.disabled is None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 import mmstats
+import mmstats._writer as writer_module
 from mmstats import _writer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ class TestFiles:
         """A symlink at the file's next name (or its temporary name, or one
         pointing nowhere) is not followed, truncated or written through, and
         creates nothing at its target: stats off with one warning."""
-        monkeypatch.setattr(secrets, "token_hex", lambda n: "0badf00d")
+        monkeypatch.setattr(writer_module, "file_token", lambda: "0badf00d")
         base = f"planted.{os.getpid()}.0badf00d"
         victim = tmp_path / "victim"
         if where != "dangling":
