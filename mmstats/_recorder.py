@@ -37,6 +37,7 @@ RSS_SECONDS = 0.01
 LOAD_SECONDS = 1.0
 _VIEW_CACHE_MAX = 1000
 _METHOD_CACHE_MAX = 64
+_STATUS_CACHE_MAX = 100
 _ORDER = F.NATIVE_ORDER
 # The u16 length that starts a string field, for every length a field holds.
 _LENGTHS = [n.to_bytes(2, _ORDER) for n in range(F.PATH_SIZE)]
@@ -91,6 +92,8 @@ def _field_value(field: bytes) -> bytes:
 
 
 _NO_VIEW = _field(b"", F.VIEW_SIZE)
+# Stands in for the header's floats of a process whose stats are off.
+_NO_HEADER = memoryview(bytearray(F.HEADER_SIZE)).cast("d")
 # Where the view's field starts among a slot's or an entry's strings.
 _VIEW_OFFSET = F.METHOD_SIZE + F.PATH_SIZE
 _method_fields: dict[str | bytes, bytes] = {}
@@ -119,7 +122,12 @@ def exception_name(exc: BaseException) -> str:
 
 
 class _Slot:
-    """A request slot: its views and where each of its fields is, found once."""
+    """A request slot: its views and where each of its fields is, found once.
+
+    The slot also keeps what its owner last wrote into it: the sequence and
+    the string fields, so a start writes only the fields that change.  One
+    request owns a slot at a time, and only its owner writes those words.
+    """
 
     __slots__ = (
         "q",
@@ -135,6 +143,12 @@ class _Slot:
         "method_at",
         "path_at",
         "view_at",
+        "view_word",
+        "version",
+        "method",
+        "path",
+        "view",
+        "counted",
     )
 
     def __init__(self, cell: Cell) -> None:
@@ -151,6 +165,17 @@ class _Slot:
         self.method_at = (w + F.S_STRINGS) * 8
         self.path_at = self.method_at + F.METHOD_SIZE
         self.view_at = self.method_at + _VIEW_OFFSET
+        # The word that starts the view's field (the field is 8-byte
+        # aligned): storing 0 there makes it an empty string in one store.
+        self.view_word = self.view_at // 8
+        # The sequence as last written, and the string fields last written
+        # (None: not known, written by the next start).
+        self.version: int = self.q[self.seq]
+        self.method: bytes | None = None
+        self.path: bytes | None = None
+        self.view: bytes | None = None
+        # Whether the query count and time may be non-zero.
+        self.counted = True
 
 
 class Request:
@@ -248,6 +273,7 @@ class Request:
         self.db_seconds += seconds
         slot = self._slot
         if slot is not None and slot.generation == self._recorder._writer.generation:
+            slot.counted = True
             slot.q[slot.queries] = self.queries
             slot.d[slot.db_seconds] = self.db_seconds
 
@@ -286,10 +312,10 @@ class Request:
         self.view_field = field
         slot = self._slot
         if slot is not None and slot.generation == recorder._writer.generation:
-            q, seq, start = slot.q, slot.seq, slot.view_at
-            q[seq] += 1
-            slot.b[start : start + len(field)] = field
-            q[seq] += 1
+            q, start, version = slot.q, slot.view_at, slot.version + 1
+            q[slot.seq] = version
+            slot.b[start : start + len(field)] = slot.view = field
+            q[slot.seq] = slot.version = version + 1
 
 
 class _Bindings:
@@ -305,12 +331,14 @@ class _Bindings:
         "generation",
         "requests",
         "responses",
+        "statuses",
         "in_flight",
         "seconds",
         "queries",
         "db_seconds",
         "views",
         "thread",
+        "heartbeat",
     )
 
     def __init__(self, recorder: RequestRecorder, generation: int, status: int) -> None:
@@ -327,6 +355,8 @@ class _Bindings:
             series = recorder._by_hundreds[status // 100]
             assert series is not None
             self.responses[status // 100] = series.bound()
+        # The class counter of each status met so far, by status.
+        self.statuses: dict[int, Any] = {}
         self.seconds = recorder.request_seconds.bound()
         self.queries = recorder.db_queries.bound()
         self.db_seconds = recorder.db_seconds.bound()
@@ -334,6 +364,10 @@ class _Bindings:
         self.views: dict[str, tuple[Any, Any]] = {}
         # What a slot shows as the thread serving its request.
         self.thread = threading.get_ident()
+        # Where the time of the last request goes: the header's floats, or
+        # a scrap of memory when stats are off for this process.
+        header = recorder._writer.header
+        self.heartbeat = _NO_HEADER if header is None else header.d
 
 
 class RequestRecorder:
@@ -600,20 +634,35 @@ class RequestRecorder:
             if bindings is not None and bindings.generation != generation:
                 bindings = None
 
-            q, seq, b = slot.q, slot.seq, slot.b
-            path_at, view_at = slot.path_at, slot.view_at
-            q[seq] += 1
+            # Odd while the slot changes.  Fields that hold what this start
+            # would write are left as they are.
+            q, version = slot.q, slot.version + 1
+            q[slot.seq] = version
             slot.d[slot.started] = wall
             q[slot.thread] = (
                 threading.get_ident() if bindings is None else bindings.thread
             )
-            q[slot.queries] = 0
-            slot.d[slot.db_seconds] = 0.0
-            b[slot.method_at : path_at] = request.method_field
-            b[path_at : path_at + len(request.path_field)] = request.path_field
-            b[view_at : view_at + len(request.view_field)] = request.view_field
+            if slot.counted:
+                slot.counted = False
+                q[slot.queries] = 0
+                slot.d[slot.db_seconds] = 0.0
+            field = request.method_field
+            if field is not slot.method:
+                slot.b[slot.method_at : slot.path_at] = slot.method = field
+            field = request.path_field
+            if field != slot.path:
+                at = slot.path_at
+                slot.b[at : at + len(field)] = slot.path = field
+            field = request.view_field
+            if field is not slot.view:
+                if field is _NO_VIEW:
+                    q[slot.view_word] = 0  # a zero length, in one store
+                else:
+                    at = slot.view_at
+                    slot.b[at : at + len(field)] = field
+                slot.view = field
             q[slot.state] = 1
-            q[seq] += 1
+            q[slot.seq] = slot.version = version + 1
 
             if bindings is not None:
                 d, i = bindings.in_flight
@@ -642,8 +691,7 @@ class RequestRecorder:
             # A request started before a fork or a new file belongs to the
             # old file: its slot and in-flight count are not touched in the
             # new one.
-            writer = self._writer
-            generation = writer.generation
+            generation = self._writer.generation
             try:
                 bindings: _Bindings | None = self._local.bindings
             except AttributeError:
@@ -654,13 +702,12 @@ class RequestRecorder:
             if token is not None:
                 # The token is set last in start: only then is it in flight.
                 request._token = None
-                if request._generation != generation:
-                    pass
-                elif bindings is not None:
-                    d, i = bindings.in_flight
-                    d[i] -= 1
-                else:
-                    self.in_flight.decr()
+                if request._generation == generation:
+                    if bindings is not None:
+                        d, i = bindings.in_flight
+                        d[i] -= 1
+                    else:
+                        self.in_flight.decr()
                 if _current.get() is request:
                     try:
                         _current.reset(token)
@@ -683,13 +730,10 @@ class RequestRecorder:
             # the thread's bindings: bucket, then sum, then count.
             counter = bindings.requests
             counter.view[0] = counter.total = counter.total + 1
-            if 100 <= status < 600:
-                hundreds = status // 100
-                counter = bindings.responses[hundreds]
-                if counter is None:
-                    series = self._by_hundreds[hundreds]
-                    assert series is not None
-                    counter = bindings.responses[hundreds] = series.bound()
+            counter = bindings.statuses.get(status) or self._bind_status(
+                bindings, status
+            )
+            if counter is not None:
                 counter.view[0] = counter.total = counter.total + 1
             if exception is not None:
                 request.exception = exception_name(exception)
@@ -705,8 +749,7 @@ class RequestRecorder:
             q[k] += 1
             d[1] = totals[1] = totals[1] + duration
             q[0] = totals[0] = totals[0] + 1
-            queries = request.queries
-            if queries == 0:
+            if request.queries == 0:
                 # No query: bucket 0 of both, and both sums stay as they are.
                 q, d, totals = bindings.queries
                 q[self._query_zero] += 1
@@ -715,7 +758,7 @@ class RequestRecorder:
                 q[self._db_zero] += 1
                 q[0] = totals[0] = totals[0] + 1
             else:
-                self.db_queries.observe(queries)
+                self.db_queries.observe(request.queries)
                 self.db_seconds.observe(request.db_seconds)
             view = request.view
             if view:
@@ -728,19 +771,39 @@ class RequestRecorder:
                 d[1] = totals[1] = totals[1] + duration
                 q[0] = totals[0] = totals[0] + 1
 
-            wall_end = request.wall_started + duration
-            header = writer.header
-            if header is not None:
-                header.d[_HEARTBEAT] = wall_end  # the time of the last request
-            slow = duration >= self.slow_seconds
-            if slow or end >= self._due:
-                self._refresh(end, slow)
-            if slow:
-                self._write_slow(request, wall_end, duration, self._rss, self._load)
-            if end >= writer.next_check:
-                writer.check(end)  # a stat every few seconds
+            # The time of the last request; a slow request, a reading due or
+            # the file's check share one comparison with the time they are due.
+            bindings.heartbeat[_HEARTBEAT] = request.wall_started + duration
+            if end >= self._due or duration >= self.slow_seconds:
+                self._finish_rarely(request, end, duration)
         except Exception:
             log.exception("mmstats could not record the end of a request")
+
+    def _bind_status(self, bindings: _Bindings, status: int) -> Any:
+        """Return the thread's bound counter of a status's class, or None."""
+        if not 100 <= status < 600:
+            return None
+        hundreds = status // 100
+        counter = bindings.responses[hundreds]
+        if counter is None:
+            series = self._by_hundreds[hundreds]
+            assert series is not None
+            counter = bindings.responses[hundreds] = series.bound()
+        if len(bindings.statuses) < _STATUS_CACHE_MAX:
+            bindings.statuses[status] = counter
+        return counter
+
+    def _finish_rarely(self, request: Request, end: float, duration: float) -> None:
+        """Write a slow request's entry, take due readings, check the file."""
+        slow = duration >= self.slow_seconds
+        self._refresh(end, slow)
+        if slow:
+            wall_end = request.wall_started + duration
+            self._write_slow(request, wall_end, duration, self._rss, self._load)
+        writer = self._writer
+        if end >= writer.next_check:
+            writer.check(end)  # a stat every few seconds
+        self._due = min(self._due, writer.next_check)
 
     def _view_field(self, view: str) -> bytes:
         """Return the string field of a view's name."""
