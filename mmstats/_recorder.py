@@ -46,6 +46,7 @@ _PATH_MAX = F.PATH_SIZE - 2  # bytes of a path a field holds
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
+_new_request = object.__new__
 _bisect = bisect.bisect_left
 _wall = time.time
 _HEARTBEAT = F.H_HEARTBEAT // 8
@@ -148,6 +149,8 @@ class _Slot:
         "method",
         "path",
         "view",
+        "stored_view",
+        "stored_word",
         "counted",
     )
 
@@ -174,12 +177,29 @@ class _Slot:
         self.method: bytes | None = None
         self.path: bytes | None = None
         self.view: bytes | None = None
+        # The view field whose bytes after its first word are in the slot,
+        # and that first word: an empty view is shown by a 0 in the first
+        # word, so the view shown before it comes back with one store.
+        self.stored_view: bytes | None = None
+        self.stored_word = 0
         # Whether the query count and time may be non-zero.
         self.counted = True
 
+    def show_view(self, field: bytes) -> None:
+        """Write a view's field; the caller holds the sequence odd."""
+        if field is _NO_VIEW:
+            self.q[self.view_word] = 0  # a zero length, in one store
+        elif field is self.stored_view:
+            self.q[self.view_word] = self.stored_word
+        else:
+            at = self.view_at
+            self.b[at : at + len(field)] = self.stored_view = field
+            self.stored_word = self.q[self.view_word]
+        self.view = field
+
 
 class Request:
-    """One request being recorded.
+    """One request being recorded, made by :meth:`RequestRecorder.start`.
 
     Method, path and view are kept as the string fields of the stats file
     (u16 length, then UTF-8 bytes), built once and copied into the slot
@@ -207,55 +227,26 @@ class Request:
         "ignored",
     )
 
-    def __init__(
-        self,
-        recorder: RequestRecorder,
-        method: str | bytes = b"",
-        path: str | bytes = b"",
-        view: str | None = None,
-        started: float = 0.0,
-        wall_started: float = 0.0,
-        rss_start: int = 0,
-        load_start: float = 0.0,
-    ) -> None:
-        self._recorder = recorder
-        self._slot: _Slot | None = None
-        self._token: Token[Request | None] | None = None
-        # The file generation whose in-flight gauge counts this request.
-        self._generation = -1
-        self.method_field = _method_fields.get(method) or _method_field(method)
-
-        # The path's field, without the query string: it may hold secrets,
-        # and is never stored.
-        if isinstance(path, str):
-            try:
-                data = path.encode()
-            except (
-                UnicodeEncodeError
-            ):  # lone surrogates: F.encode keeps or escapes them
-                data = F.encode(path)
-        else:
-            data = path
-        if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
-            data = data.partition(b"?")[0]
-        if len(data) > _PATH_MAX:
-            data = F.cut_utf8(data, _PATH_MAX)
-        self.path_field = _LENGTHS[len(data)] + data
-        self.view: str | None = None
-        self.view_field = _NO_VIEW
-        if view:
-            self.view = view
-            self.view_field = recorder._view_field(view)
-        self.started = started
-        self.wall_started = wall_started
-        self.rss_start = rss_start
-        self.load_start = load_start
-        self.queries = 0
-        self.db_seconds = 0.0
-        self.status = 0
-        self.exception: str | None = None
-        self.finished = False
-        self.ignored = False
+    # Set by RequestRecorder.start, which makes every request.
+    _recorder: RequestRecorder
+    _slot: _Slot | None
+    _token: Token[Request | None] | None
+    # The file generation whose in-flight gauge counts this request.
+    _generation: int
+    method_field: bytes
+    path_field: bytes
+    view_field: bytes
+    view: str | None
+    started: float
+    wall_started: float
+    rss_start: int
+    load_start: float
+    queries: int
+    db_seconds: float
+    status: int
+    exception: str | None
+    finished: bool
+    ignored: bool
 
     @property
     def method(self) -> bytes:
@@ -312,9 +303,16 @@ class Request:
         self.view_field = field
         slot = self._slot
         if slot is not None and slot.generation == recorder._writer.generation:
-            q, start, version = slot.q, slot.view_at, slot.version + 1
+            # As slot.show_view, written out: this runs on most requests.
+            q, version = slot.q, slot.version + 1
             q[slot.seq] = version
-            slot.b[start : start + len(field)] = slot.view = field
+            if field is slot.stored_view:
+                q[slot.view_word] = slot.stored_word
+            else:
+                at = slot.view_at
+                slot.b[at : at + len(field)] = slot.stored_view = field
+                slot.stored_word = q[slot.view_word]
+            slot.view = field
             q[slot.seq] = slot.version = version + 1
 
 
@@ -499,6 +497,16 @@ class RequestRecorder:
         self._rss_shown = False
         self._due = -math.inf
 
+    def _take_readings(self, now: float) -> None:
+        """Read memory and the load average where due; at a request's start."""
+        try:
+            if now - self._rss_at >= RSS_SECONDS:
+                self._read_rss(now)
+            if now - self._load_at >= LOAD_SECONDS:
+                self.load(now)
+        except Exception:
+            log.exception("mmstats could not record the start of a request")
+
     def _refresh(self, now: float, slow: bool) -> None:
         """Take the readings that are due and show them in their gauges.
 
@@ -592,39 +600,70 @@ class RequestRecorder:
         self, method: str | bytes, path: str | bytes, view: str | None = None
     ) -> Request:
         """Begin recording a request; pair with :meth:`finish`.  Never raises."""
-        now = _perf()
-        wall = _wall()
+        # Made without __init__: start sets every field, and a call less
+        # shows in the cost of every request.
+        request = _new_request(Request)
+        request._recorder = self
+        request._slot = None
+        request._token = None
+        request._generation = -1
+        request.started = now = _perf()
+        request.wall_started = wall = _wall()
+        if now >= self._due:
+            self._take_readings(now)
+        request.rss_start = self._rss
+        request.load_start = self._load
+        request.queries = 0
+        request.db_seconds = 0.0
+        request.status = 0
+        request.exception = None
+        request.finished = False
+        request.ignored = False
+        request.view = None
+        request.view_field = _NO_VIEW
         try:
-            if now >= self._due:
-                if now - self._rss_at >= RSS_SECONDS:
-                    self._read_rss(now)
-                if now - self._load_at >= LOAD_SECONDS:
-                    self.load(now)
-            rss, load = self._rss, self._load
+            request.method_field = _method_fields.get(method) or _method_field(method)
+            # The path's field, without the query string: it may hold
+            # secrets, and is never stored.
+            if isinstance(path, str):
+                try:
+                    data = path.encode()
+                except UnicodeEncodeError:  # lone surrogates: F.encode keeps them
+                    data = F.encode(path)
+            else:
+                data = path
+            if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
+                data = data.partition(b"?")[0]
+            if len(data) > _PATH_MAX:
+                data = F.cut_utf8(data, _PATH_MAX)
+            request.path_field = _LENGTHS[len(data)] + data
+            if view:
+                request.view_field = self._view_field(view)
+                request.view = view
         except Exception:
             log.exception("mmstats could not record the start of a request")
-            rss, load = 0, 0.0
-        try:
-            request = Request(self, method, path, view, now, wall, rss, load)
-        except Exception:
-            log.exception("mmstats could not record the start of a request")
-            request = Request(self, b"", b"", None, now, wall, rss, load)
+            request.method_field = _method_field(b"")
+            request.path_field = _LENGTHS[0]
+            request.view = None
+            request.view_field = _NO_VIEW
 
         try:
+            writer = self._writer
             try:
                 slot = self._free_slots.pop()
             except IndexError:
-                slot = None
-            # A finish racing a switch to a new file can hand back a slot of
-            # the old file: it is left behind.
-            if slot is None or slot.generation != self._writer.generation:
                 slot = self._new_slot()
+            else:
+                # A finish racing a switch to a new file can hand back a slot
+                # of the old file: it is left behind.
+                if slot.generation != writer.generation:
+                    slot = self._new_slot()
             request._slot = slot
             # Known limitation (#7): a request starting or ending in the
             # instant its file is replaced can leave the new file's in-flight
             # gauge off by one; exact only with a lock, which requests never
             # take.
-            generation = request._generation = self._writer.generation
+            generation = request._generation = writer.generation
             # The thread's bindings are made by its first finish: until then
             # no metric but the in-flight gauge is created.
             try:
@@ -653,14 +692,8 @@ class RequestRecorder:
             if field != slot.path:
                 at = slot.path_at
                 slot.b[at : at + len(field)] = slot.path = field
-            field = request.view_field
-            if field is not slot.view:
-                if field is _NO_VIEW:
-                    q[slot.view_word] = 0  # a zero length, in one store
-                else:
-                    at = slot.view_at
-                    slot.b[at : at + len(field)] = field
-                slot.view = field
+            if request.view_field is not slot.view:
+                slot.show_view(request.view_field)
             q[slot.state] = 1
             q[slot.seq] = slot.version = version + 1
 
