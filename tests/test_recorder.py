@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -178,3 +179,64 @@ class TestThreadBindings:
         assert worker.value("db_queries").count == 20
         assert worker.value("view_seconds", {"view": "v"}).count == 20
         assert worker.value("in_flight") == 0
+
+
+class TestCurrentRequest:
+    def test_none_once_the_request_finished(self, stats_dir: Path) -> None:
+        """After its finish a request is no longer current in the thread,
+        and a query reported then counts nowhere."""
+        recorder = mmstats.RequestRecorder(stats_dir, "current")
+        request = recorder.start("GET", "/a")
+        assert mmstats.current_request() is request
+        recorder.finish(request, 200)
+
+        assert mmstats.current_request() is None
+        mmstats.record_query(1.0)
+        assert request.queries == 0
+        worker = this_worker(stats_dir)
+        assert worker.value("db_queries").sum == 0
+
+    def test_inner_request_gives_the_context_back_to_the_outer_one(
+        self, stats_dir: Path
+    ) -> None:
+        """A request started inside a running one is current until it
+        finishes; then the outer one is again, and counts later queries."""
+        recorder = mmstats.RequestRecorder(stats_dir, "current")
+        outer = recorder.start("GET", "/outer")
+        inner = recorder.start("GET", "/inner")
+        mmstats.record_query(0.5)
+        recorder.finish(inner, 200)
+
+        assert mmstats.current_request() is outer
+        mmstats.record_query(0.25)
+        recorder.finish(outer, 200)
+        assert (inner.queries, outer.queries) == (1, 1)
+        assert mmstats.current_request() is None
+
+    def test_each_asyncio_task_sees_its_own_request(self, stats_dir: Path) -> None:
+        """Requests served by tasks of one thread at once are each current
+        in their own task, before and after the others finish."""
+        recorder = mmstats.RequestRecorder(stats_dir, "current")
+        seen: list[bool] = []
+
+        async def serve(i: int, gate: asyncio.Event) -> None:
+            request = recorder.start("GET", f"/task/{i}")
+            await gate.wait()
+            seen.append(mmstats.current_request() is request)
+            mmstats.record_query(0.001)
+            await asyncio.sleep(0.001 * i)
+            seen.append(mmstats.current_request() is request)
+            recorder.finish(request, 200)
+            seen.append(mmstats.current_request() is None)
+            assert request.queries == 1
+
+        async def main() -> None:
+            gate = asyncio.Event()
+            tasks = [asyncio.create_task(serve(i, gate)) for i in range(5)]
+            await asyncio.sleep(0)
+            gate.set()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(main())
+        assert seen == [True] * 15
+        assert this_worker(stats_dir).value("db_queries").sum == 5
