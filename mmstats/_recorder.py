@@ -43,6 +43,7 @@ _ORDER = F.NATIVE_ORDER
 _LENGTHS = [n.to_bytes(2, _ORDER) for n in range(F.PATH_SIZE)]
 _QUESTION_MARK = ord("?")
 _PATH_MAX = F.PATH_SIZE - 2  # bytes of a path a field holds
+_PATH_LENGTHS = _LENGTHS[: _PATH_MAX + 1]
 
 _current: ContextVar[Request | None] = ContextVar("mmstats_request", default=None)
 _perf = time.perf_counter
@@ -294,26 +295,29 @@ class Request:
 
     def set_view(self, view: str | None) -> None:
         """Name the view serving this request, also in its slot."""
-        if not view or view == self.view:
+        if view == self.view or not view:
             return
-        recorder = self._recorder
         self.view = view
-        known = recorder._views.get(view)
-        field = known[0] if known is not None else _field(_encode(view), F.VIEW_SIZE)
+        recorder = self._recorder
+        field = recorder._view_fields.get(view) or recorder._view_field(view)
         self.view_field = field
         slot = self._slot
-        if slot is not None and slot.generation == recorder._writer.generation:
-            # As slot.show_view, written out: this runs on most requests.
-            q, version = slot.q, slot.version + 1
-            q[slot.seq] = version
-            if field is slot.stored_view:
-                q[slot.view_word] = slot.stored_word
-            else:
-                at = slot.view_at
-                slot.b[at : at + len(field)] = slot.stored_view = field
-                slot.stored_word = q[slot.view_word]
-            slot.view = field
-            q[slot.seq] = slot.version = version + 1
+        if slot is None or slot.generation != recorder._writer.generation:
+            return
+
+        # As slot.show_view, written out: this runs on most requests.
+        q = slot.q
+        version = slot.version + 1
+        q[slot.seq] = version
+        if field is slot.stored_view:
+            q[slot.view_word] = slot.stored_word
+        else:
+            at = slot.view_at
+            slot.b[at : at + len(field)] = slot.stored_view = field
+            slot.stored_word = q[slot.view_word]
+        slot.view = field
+        slot.version = version = version + 1
+        q[slot.seq] = version
 
 
 class _Bindings:
@@ -330,7 +334,8 @@ class _Bindings:
         "requests",
         "responses",
         "statuses",
-        "in_flight",
+        "flight",
+        "flight_word",
         "seconds",
         "queries",
         "db_seconds",
@@ -344,7 +349,8 @@ class _Bindings:
         # cells are allocated as they were before bindings: the golden file
         # (tests/golden) pins that order.
         self.generation = generation
-        self.in_flight: tuple[Any, int] = recorder.in_flight.bound()
+        # The in-flight gauge's floats and the word of the thread's cell.
+        self.flight, self.flight_word = recorder.in_flight.bound()
         self.requests = recorder.requests.bound()
         # By the status's first digit; a class is bound by its first
         # response, so a file holds cells only for classes that occurred.
@@ -424,6 +430,8 @@ class RequestRecorder:
         # Indexed by the status's first digit; None where there is no class.
         self._by_hundreds = (None, *self.responses.values(), None, None, None, None)
         self._views: dict[str, _ViewSeries] = {}
+        # The string field of each view in _views.
+        self._view_fields: dict[str, bytes] = {}
         # Buckets known before any value: the time of a request and of its
         # view share their bounds, and most requests make no query.
         self._seconds_bounds = self.request_seconds._bounds
@@ -634,9 +642,11 @@ class RequestRecorder:
                 data = path
             if _QUESTION_MARK in data:  # an int: much faster than b"?" in bytes
                 data = data.partition(b"?")[0]
-            if len(data) > _PATH_MAX:
+            try:
+                request.path_field = _PATH_LENGTHS[len(data)] + data
+            except IndexError:  # longer than a field holds
                 data = F.cut_utf8(data, _PATH_MAX)
-            request.path_field = _LENGTHS[len(data)] + data
+                request.path_field = _LENGTHS[len(data)] + data
             if view:
                 request.view_field = self._view_field(view)
                 request.view = view
@@ -692,14 +702,18 @@ class RequestRecorder:
             if field != slot.path:
                 at = slot.path_at
                 slot.b[at : at + len(field)] = slot.path = field
-            if request.view_field is not slot.view:
-                slot.show_view(request.view_field)
+            field = request.view_field
+            if field is not slot.view:
+                if field is _NO_VIEW:
+                    q[slot.view_word] = 0  # a zero length, in one store
+                    slot.view = field
+                else:
+                    slot.show_view(field)
             q[slot.state] = 1
             q[slot.seq] = slot.version = version + 1
 
             if bindings is not None:
-                d, i = bindings.in_flight
-                d[i] += 1
+                bindings.flight[bindings.flight_word] += 1
             else:
                 self.in_flight.incr()
             request._token = _current.set(request)
@@ -737,8 +751,7 @@ class RequestRecorder:
                 request._token = None
                 if request._generation == generation:
                     if bindings is not None:
-                        d, i = bindings.in_flight
-                        d[i] -= 1
+                        bindings.flight[bindings.flight_word] -= 1
                     else:
                         self.in_flight.decr()
                 if _current.get() is request:
@@ -840,10 +853,7 @@ class RequestRecorder:
 
     def _view_field(self, view: str) -> bytes:
         """Return the string field of a view's name."""
-        series = self._views.get(view)
-        if series is not None:
-            return series[0]
-        return _field(_encode(view), F.VIEW_SIZE)
+        return self._view_fields.get(view) or _field(_encode(view), F.VIEW_SIZE)
 
     def _view_series(self, view: str) -> _ViewSeries:
         """Return the view's field and series, kept for the next request."""
@@ -862,6 +872,7 @@ class RequestRecorder:
             # cached, so each of its requests counts as a dropped label use.
             if len(self._views) < _VIEW_CACHE_MAX and series[1].labels == labels:
                 self._views[view] = series
+                self._view_fields[view] = series[0]
         return series
 
     def _write_slow(

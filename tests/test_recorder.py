@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 from pathlib import Path
@@ -182,9 +183,15 @@ class TestThreadBindings:
 
 
 class TestCurrentRequest:
+    # Each test runs in a new, empty context: a request another test left
+    # unfinished in this thread's context would be current again here.
+
     def test_none_once_the_request_finished(self, stats_dir: Path) -> None:
         """After its finish a request is no longer current in the thread,
         and a query reported then counts nowhere."""
+        contextvars.Context().run(self._finish_one, stats_dir)
+
+    def _finish_one(self, stats_dir: Path) -> None:
         recorder = mmstats.RequestRecorder(stats_dir, "current")
         request = recorder.start("GET", "/a")
         assert mmstats.current_request() is request
@@ -201,6 +208,9 @@ class TestCurrentRequest:
     ) -> None:
         """A request started inside a running one is current until it
         finishes; then the outer one is again, and counts later queries."""
+        contextvars.Context().run(self._nest, stats_dir)
+
+    def _nest(self, stats_dir: Path) -> None:
         recorder = mmstats.RequestRecorder(stats_dir, "current")
         outer = recorder.start("GET", "/outer")
         inner = recorder.start("GET", "/inner")
@@ -237,6 +247,6 @@ class TestCurrentRequest:
             gate.set()
             await asyncio.gather(*tasks)
 
-        asyncio.run(main())
+        contextvars.Context().run(asyncio.run, main())
         assert seen == [True] * 15
         assert this_worker(stats_dir).value("db_queries").sum == 5
