@@ -305,16 +305,20 @@ class Request:
         if slot is None or slot.generation != recorder._writer.generation:
             return
 
-        # As slot.show_view, written out: this runs on most requests.
+        if field is slot.stored_view:
+            # The rest of the field still holds the name: its first word is
+            # one aligned store, which a reader sees whole or not at all, so
+            # the sequence is left as it is (docs/FORMAT.md).
+            slot.q[slot.view_word] = slot.stored_word
+            slot.view = field
+            return
+
         q = slot.q
         version = slot.version + 1
         q[slot.seq] = version
-        if field is slot.stored_view:
-            q[slot.view_word] = slot.stored_word
-        else:
-            at = slot.view_at
-            slot.b[at : at + len(field)] = slot.stored_view = field
-            slot.stored_word = q[slot.view_word]
+        at = slot.view_at
+        slot.b[at : at + len(field)] = slot.stored_view = field
+        slot.stored_word = q[slot.view_word]
         slot.view = field
         slot.version = version = version + 1
         q[slot.seq] = version
