@@ -116,18 +116,22 @@ class Grid:
     def _natural_widths(self) -> list[int]:
         """Return each column's width with its cells on one line each."""
         widths = []
-        for i, column in enumerate(self.columns):
-            cells: list[Cell] = [column.header, *(row[i] for row in self.rows)]
-            if self.show_footer:
-                cells.append(column.footer)
+        for column, cells in self._columns_cells():
             width = column.min_width or 0
             for cell in cells:
                 plain = cell.plain if isinstance(cell, Text) else cell
                 for line in plain.split("\n"):
-                    size = len(line) if line.isascii() else cell_len(line)
-                    width = max(width, size)
+                    width = max(width, _width(line))
             widths.append(width)
         return widths
+
+    def _columns_cells(self) -> Iterator[tuple[GridColumn, list[Cell]]]:
+        """Yield each column with its cells: header, rows, then footer."""
+        for i, column in enumerate(self.columns):
+            cells: list[Cell] = [column.header, *(row[i] for row in self.rows)]
+            if self.show_footer:
+                cells.append(column.footer)
+            yield column, cells
 
     def __rich_console__(
         self, console: Console, options: ConsoleOptions
@@ -153,10 +157,7 @@ class Grid:
     def _widths(self, max_width: int) -> list[int] | None:
         """Return the column widths, or None when rich must lay the table out."""
         widths = []
-        for i, column in enumerate(self.columns):
-            cells: list[Cell] = [column.header, *(row[i] for row in self.rows)]
-            if self.show_footer:
-                cells.append(column.footer)
+        for column, cells in self._columns_cells():
             width = column.min_width or 0
             for cell in cells:
                 if isinstance(cell, Text):
@@ -169,7 +170,7 @@ class Grid:
                     plain and (plain[0].isspace() or plain[-1].isspace())
                 ):
                     return None  # rich lays out lines and edge spaces its way
-                size = len(plain) if plain.isascii() else cell_len(plain)
+                size = _width(plain)
                 if size > width:
                     width = size
             widths.append(width)
@@ -220,6 +221,11 @@ class Grid:
         return table
 
 
+def _width(text: str) -> int:
+    """Return how many terminal cells ``text`` takes."""
+    return len(text) if text.isascii() else cell_len(text)
+
+
 def _row(
     cells: Iterable[Cell], widths: list[int], justify: list[str], style: Style | None
 ) -> Iterator[Segment]:
@@ -227,8 +233,7 @@ def _row(
     padded = []
     for cell, width, side in zip(cells, widths, justify, strict=True):
         text = cell.plain if isinstance(cell, Text) else cell
-        size = len(text) if text.isascii() else cell_len(text)
-        gap = " " * (width - size)
+        gap = " " * (width - _width(text))
         padded.append(gap + text if side == "right" else text + gap)
     if style is None:
         yield Segment(" ".join(padded))

@@ -68,6 +68,24 @@ def async_client() -> AsyncClient:
     return AsyncClient(raise_request_exception=False)
 
 
+def asgi_scope(path: str, query_string: bytes = b"") -> dict[str, Any]:
+    """Return the scope of a GET of ``path`` by a client on 127.0.0.1."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query_string,
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+
+
 class TestStatus:
     def test_each_request_counted_once_by_status_class(
         self, stats: Path, client: Client
@@ -448,20 +466,7 @@ class TestAsync:
         """Over ASGI, a client that disconnects during a streamed body leaves no
         request in flight: it is recorded once with the status it was sent."""
         application = get_asgi_application()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/async-stream/50/",
-            "raw_path": b"/async-stream/50/",
-            "query_string": b"token=secret",
-            "root_path": "",
-            "headers": [(b"host", b"testserver")],
-            "client": ("127.0.0.1", 40000),
-            "server": ("testserver", 80),
-        }
+        scope = asgi_scope("/async-stream/50/", b"token=secret")
 
         async def run() -> list[dict[str, Any]]:
             body_started = asyncio.Event()
@@ -511,20 +516,7 @@ class TestAsync:
         request is recorded once, as 499 (nothing was sent), with no
         exception and nothing left in flight."""
         application = get_asgi_application()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/async-sleep/5000/",
-            "raw_path": b"/async-sleep/5000/",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"testserver")],
-            "client": ("127.0.0.1", 40000),
-            "server": ("testserver", 80),
-        }
+        scope = asgi_scope("/async-sleep/5000/")
 
         async def run() -> tuple[list[dict[str, Any]], float]:
             messages: list[dict[str, Any]] = []
