@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -84,6 +85,24 @@ def asgi_scope(path: str, query_string: bytes = b"") -> dict[str, Any]:
         "client": ("127.0.0.1", 40000),
         "server": ("testserver", 80),
     }
+
+
+def disconnecting(
+    until: Callable[[], Awaitable[Any]],
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """Return an ASGI receive: the request's empty body, then, once
+    ``until()`` is done, the client's disconnect."""
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await until()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 class TestStatus:
@@ -471,15 +490,7 @@ class TestAsync:
         async def run() -> list[dict[str, Any]]:
             body_started = asyncio.Event()
             messages: list[dict[str, Any]] = []
-            calls = 0
-
-            async def receive() -> dict[str, Any]:
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    return {"type": "http.request", "body": b"", "more_body": False}
-                await body_started.wait()
-                return {"type": "http.disconnect"}
+            receive = disconnecting(body_started.wait)
 
             async def send(message: dict[str, Any]) -> None:
                 messages.append(message)
@@ -520,15 +531,7 @@ class TestAsync:
 
         async def run() -> tuple[list[dict[str, Any]], float]:
             messages: list[dict[str, Any]] = []
-            calls = 0
-
-            async def receive() -> dict[str, Any]:
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    return {"type": "http.request", "body": b"", "more_body": False}
-                await asyncio.sleep(0.05)
-                return {"type": "http.disconnect"}
+            receive = disconnecting(lambda: asyncio.sleep(0.05))
 
             async def send(message: dict[str, Any]) -> None:
                 messages.append(message)
