@@ -580,9 +580,11 @@ def _sum_values(series: list[Series]) -> Any:
     if kind == "histogram":
         hist: HistogramValue = series[0].value.copy()
         for s in series[1:]:
-            if s.kind == "histogram" and hist.same_scheme(s.value):
+            if s.kind != "histogram" or s.unit != series[0].unit:
+                continue  # another quantity: not added
+            if hist.same_scheme(s.value):
                 hist.merge(s.value)
-            elif s.kind == "histogram" and s.unit == series[0].unit:
+            else:
                 hist.merge_moved(s.value)
         return hist
     if kind in ("counter", "gauge"):
@@ -1958,9 +1960,11 @@ def _add_series(
         elif have.kind != s.kind:
             continue  # a name reused with another kind: keep the first
         elif s.kind == "histogram":
+            if have.unit != s.unit:
+                continue  # the name reused for another unit: keep the first
             if have.value.same_scheme(s.value):
                 have.value.merge(s.value)
-            elif have.unit == s.unit:
+            else:
                 # The same quantity in other buckets: workers and archives
                 # of format version 2 after an upgrade.  The totals take
                 # this version's buckets.
@@ -1969,7 +1973,6 @@ def _add_series(
                     have.value.merge_moved(old)
                 else:
                     have.value.merge_moved(s.value)
-            # else the name reused for another unit: the first kept
         elif s.kind == "gauge":
             g = have.value
             g.sum += s.value
@@ -2362,6 +2365,8 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
         same = hists.get(meta["key"])
         if same is None:
             hists[meta["key"]] = acc
+        elif same[0]["unit"] != meta["unit"]:
+            continue  # the name reused for another unit: the first kept
         elif same[0]["lo"] == meta["lo"] and same[0]["gamma"] == meta["gamma"]:
             # Another record of the same series: one check for both.
             same[1] += acc[1]
@@ -2370,11 +2375,10 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             same[4] += acc[4]
             same[5].extend(acc[5])
             same[6].extend(acc[6])
-        elif same[0]["unit"] == meta["unit"]:
+        else:
             # The same quantity in other buckets (workers of two format
             # versions during an upgrade): rare, and merged by aggregate().
             return None
-        # else the name reused for another unit: the first kept, as aggregate does
     for key, (meta, packed, parts, sum_value, count, careful, keep) in hists.items():
         if parts >= _PACKED_MAX_PARTS:
             return None
@@ -2393,7 +2397,11 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
         have = totals.get(key)
         if have is None:
             totals[key] = _series(meta, hist, dict(meta["labels"]))
-        elif have.kind == "histogram" and have.value.same_scheme(hist):
+        elif (
+            have.kind == "histogram"
+            and have.unit == meta["unit"]
+            and have.value.same_scheme(hist)
+        ):
             have.value.merge(hist)
         elif have.kind == "histogram" and have.unit == meta["unit"]:
             return None  # other buckets: aggregate() moves them

@@ -1,0 +1,187 @@
+"""Attacks on format 3 (power-of-two histogram buckets) and what came with it.
+
+Histograms of format 2 and 3 side by side in the totals (``merge_moved``),
+``clean`` in the middle of an upgrade, the Prometheus names and ``le``
+buckets, the scan that polls every watched pid descriptor at once, the
+worker table that leaves out columns on narrow terminals, and the folded
+read of scrapes on damaged files.
+
+The ground truth is the careful read of the same bytes by a fresh reader
+(``read_directory().totals()`` after ``drop_caches()``), which
+``read_totals`` and ``mmstats.scrape()`` must agree with, and, across a
+``clean``, the scrape taken just before it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mmstats
+from mmstats import _format as F
+from mmstats import _reader
+from tests.test_attack_caches import (
+    _alive,
+    _cell,
+    _image,
+)
+
+
+@pytest.fixture(autouse=True)
+def _cold_caches() -> Iterator[None]:
+    _reader.drop_caches()
+    yield
+    _reader.drop_caches()
+
+
+# -- building files of format 2 and 3 ----------------------------------------------
+
+
+def _scheme(unit: str, version: int) -> tuple[float, float, int]:
+    """Return (lo, gamma, nbuckets) that writers of ``version`` use for ``unit``."""
+    if version == 2:
+        lo, gamma = (1e-6 if unit == "seconds" else 0.5), F.GAMMA_V2
+    else:
+        lo, gamma = (F.SECONDS_RANGE[0] if unit == "seconds" else 0.5), F.GAMMA
+    hi = F.SECONDS_RANGE[1] if unit == "seconds" else F.COUNT_RANGE[1]
+    return lo, gamma, math.ceil(math.log(hi / lo) / math.log(gamma)) + 2
+
+
+def _hmetric(
+    mid: int,
+    name: str,
+    unit: str,
+    version: int = 3,
+    labels: dict[str, str] | None = None,
+) -> bytes:
+    """A histogram's metric record as a writer of ``version`` makes it."""
+    lo, gamma, n = _scheme(unit, version)
+    blob = json.dumps(
+        {"name": name, "help": "h", "unit": unit, "labels": labels or {}}
+    ).encode()
+    flags = F.FLAG_INTEGER if unit in F.INTEGER_UNITS else 0
+    size = F.round8(F.METRIC_FIXED.size + len(blob))
+    r = bytearray(size)
+    F.METRIC_FIXED.pack_into(
+        r, 0, F.R_METRIC, size, mid, F.KIND_HISTOGRAM, flags, n, lo, gamma, 0, len(blob)
+    )
+    r[F.METRIC_FIXED.size : F.METRIC_FIXED.size + len(blob)] = blob
+    return bytes(r)
+
+
+def _hcell(
+    mid: int, unit: str, values: list[float], version: int = 3, tslot: int = 0
+) -> bytes:
+    """A histogram cell holding ``values``, bucketed as a writer of ``version``."""
+    lo, gamma, n = _scheme(unit, version)
+    bounds = [F.bucket_bound(lo, gamma, k) for k in range(n - 1)]
+    words = [0] * n
+    for v in values:
+        words[bisect.bisect_left(bounds, v)] += 1
+    head = struct.pack("=Qd", len(values), float(sum(values)))
+    body = b"".join(w.to_bytes(8, F.NATIVE_ORDER) for w in words)
+    return _cell(mid, head + body, tslot)
+
+
+def _vwrite(path: Path, records: list[bytes], version: int = 3, **header: Any) -> None:
+    """Write a stats file of format ``version`` (2 or 3)."""
+    data = bytearray(_image(records, **header))
+    struct.pack_into("=I", data, F.H_VERSION, version)
+    path.write_bytes(bytes(data))
+
+
+def _hist_lines(exposition: bytes, family: str) -> list[str]:
+    """The lines of one histogram family: buckets, count and sum."""
+    return [
+        line
+        for line in exposition.decode().splitlines()
+        if line.startswith(family + "_")
+    ]
+
+
+def _count(exposition: bytes, family: str, labels: str = "") -> int | None:
+    for line in exposition.decode().splitlines():
+        if line.startswith(f"{family}_count{labels} "):
+            return int(line.split()[-1])
+    return None
+
+
+def _hist_totals(snap: mmstats.Snapshot) -> list[Any]:
+    return sorted(
+        (
+            k,
+            s.unit,
+            s.value.lo,
+            s.value.count,
+            s.value.sum,
+            sorted(s.value.buckets.items()),
+        )
+        for k, s in snap.totals().items()
+        if s.kind == "histogram"
+    )
+
+
+def _all_reads_agree(stats_dir: Path) -> list[Any]:
+    """Read the totals the three ways; assert they agree; return them."""
+    _reader.drop_caches()
+    careful = _hist_totals(mmstats.read_directory(stats_dir, slow=False))
+    _reader.drop_caches()
+    folded = _hist_totals(_reader.read_totals(stats_dir))
+    assert folded == careful
+    # And again with the caches a long-running reader keeps.
+    assert _hist_totals(_reader.read_totals(stats_dir)) == careful
+    assert _hist_totals(mmstats.read_directory(stats_dir, slow=False)) == careful
+    return careful
+
+
+# == findings =======================================================================
+
+
+def test_histograms_of_one_name_in_other_units_are_not_added_together(
+    stats_dir: Path,
+) -> None:
+    """A name reused for another unit (a deploy changed ``size`` from bytes
+    to items) must not be added up: the docs move only a histogram "of the
+    same name and unit", and the code keeps the first for another unit.
+    Yet two units that happen to share a bucket scheme (every unit but
+    seconds starts at 0.5) were merged into one histogram of bytes and
+    items, by read_directory, read_totals and Worker.total alike."""
+    _vwrite(
+        stats_dir / "app.1.a.mmstats",
+        [_hmetric(1, "size", "bytes"), _hcell(1, "bytes", [100.0, 200.0])],
+        **_alive(),
+    )
+    _vwrite(
+        stats_dir / "app.2.b.mmstats",
+        [_hmetric(1, "size", "items"), _hcell(1, "items", [3.0])],
+        **_alive(),
+        created=1.8e9,
+    )
+    ((key, unit, _lo, count, total, _),) = _all_reads_agree(stats_dir)
+    assert (key, unit, count, total) == (("size", ()), "bytes", 2, 300.0)
+    exposed = mmstats.scrape(stats_dir)
+    assert _count(exposed, "mmstats_size") == 2
+
+    # One worker with the name under two label sets of other units.
+    _reader.drop_caches()
+    for f in stats_dir.iterdir():
+        f.unlink()
+    _vwrite(
+        stats_dir / "app.3.c.mmstats",
+        [
+            _hmetric(1, "size", "bytes", labels={"q": "a"}),
+            _hmetric(2, "size", "items", labels={"q": "b"}),
+            _hcell(1, "bytes", [100.0]),
+            _hcell(2, "items", [3.0, 4.0]),
+        ],
+        **_alive(),
+    )
+    (worker,) = mmstats.read_directory(stats_dir).workers
+    assert worker.total("size").count == 1
