@@ -1922,10 +1922,17 @@ def aggregate(
                 _final_sums.clear()
             by_id = sorted(final, key=id)
             _final_sums[key] = (by_id, base)
-    totals = {k: _copy_series(s) for k, s in base.items()}
+    # Live workers first, then dead and closed ones, then the archive: of
+    # a name reused for another kind or unit, the newest is kept, the same
+    # before a clean folds dead workers into the archive and after it.
+    totals: dict[tuple[str, LabelKey], Series] = {}
     for w in workers:
         if w.state not in FINAL_STATES:
             _add_series(totals, w.series, gauges=True)
+    if totals:
+        _add_series(totals, list(base.values()), gauges=False)
+    else:
+        totals = {k: _copy_series(s) for k, s in base.items()}
     if archive is not None:
         _add_series(totals, archive.series, gauges=False)
     return totals
@@ -2343,21 +2350,19 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             acc[4] += item[3]
             if item[4] is not None:
                 acc[6].append(item[4])
-    # A name of two kinds among live workers: aggregate() keeps the kind of
-    # the first in file order, which the folded read does not follow (it
-    # adds gauges, then counters, then histograms).  Rare: read carefully.
-    # (A gauge in the totals so far is a live worker's; a counter or a
-    # histogram is a dead one's, which comes first in both.)
-    live_counters: set[tuple[str, LabelKey]] = set()
+    # A name of two kinds or units: aggregate() keeps the first live
+    # worker's in file order, which the folded read does not follow (it
+    # adds gauges, then counters, then histograms), over a dead worker's.
+    # Rare: read carefully.  (A gauge in the totals so far is a live
+    # worker's; a counter or a histogram is a dead one's.)
     for meta, value in counts.values():
         key = meta["key"]
         have = totals.get(key)
         if have is None:
             totals[key] = _series(meta, value, dict(meta["labels"]))
-            live_counters.add(key)
         elif have.kind == "counter":
             have.value += value
-        elif have.kind == "gauge":
+        else:  # a live gauge, or a dead worker's histogram: read carefully
             return None
     hists: dict[tuple[str, LabelKey], list[Any]] = {}
     for acc in accs.values():
@@ -2403,9 +2408,10 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             and have.value.same_scheme(hist)
         ):
             have.value.merge(hist)
-        elif have.kind == "histogram" and have.unit == meta["unit"]:
-            return None  # other buckets: aggregate() moves them
-        elif have.kind == "gauge" or key in live_counters:
+        else:
+            # Other buckets, which aggregate() moves; a live gauge or
+            # counter; a dead worker's counter or histogram of another unit,
+            # which the live one replaces: rare, read carefully.
             return None
         for kept, word, entry in keep:
             kept[word] = entry

@@ -28,9 +28,12 @@ import mmstats
 from mmstats import _format as F
 from mmstats import _reader
 from tests.test_attack_caches import (
+    DEAD_PID,
     _alive,
     _cell,
+    _counter,
     _image,
+    _metric,
 )
 
 
@@ -185,3 +188,61 @@ def test_histograms_of_one_name_in_other_units_are_not_added_together(
     )
     (worker,) = mmstats.read_directory(stats_dir).workers
     assert worker.total("size").count == 1
+
+
+def test_a_name_of_another_unit_keeps_its_count_across_clean(stats_dir: Path) -> None:
+    """Before a clean, a dead worker's histogram came first in the totals
+    and a live worker's of the same name in another unit was left out;
+    after the clean the dead one is in the archive, which comes last, so
+    the live one is kept instead: the exported histogram switched units
+    and its ``_count`` went from 2 back to 1.  The totals must be the same
+    just before and just after a clean."""
+    _vwrite(
+        stats_dir / "app.1.dead.mmstats",
+        [_hmetric(1, "x", "seconds", version=2), _hcell(1, "seconds", [0.1, 0.2], 2)],
+        version=2,
+        pid=DEAD_PID,
+    )
+    _vwrite(
+        stats_dir / "app.2.live.mmstats",
+        [_hmetric(1, "x", "bytes"), _hcell(1, "bytes", [100.0])],
+        **_alive(),
+    )
+    before_totals = _all_reads_agree(stats_dir)
+    before = mmstats.scrape(stats_dir)
+    result = mmstats.clean(stats_dir)
+    assert len(result.folded) == 1
+    after_totals = _all_reads_agree(stats_dir)
+    after = mmstats.scrape(stats_dir)
+    assert _hist_lines(after, "mmstats_x") == _hist_lines(before, "mmstats_x")
+    assert after_totals == before_totals
+
+
+def test_a_name_of_another_kind_keeps_its_samples_across_clean(stats_dir: Path) -> None:
+    """The same with a name whose kind changed (a counter became a
+    histogram): the dead worker's counter was exported before the clean,
+    the live worker's histogram after it."""
+    _vwrite(
+        stats_dir / "app.1.dead.mmstats",
+        [_metric(1, "x"), _counter(1, 7)],
+        pid=DEAD_PID,
+    )
+    _vwrite(
+        stats_dir / "app.2.live.mmstats",
+        [_hmetric(1, "x", "bytes"), _hcell(1, "bytes", [100.0])],
+        **_alive(),
+    )
+    _all_reads_agree(stats_dir)
+    before = [
+        line
+        for line in mmstats.scrape(stats_dir).decode().splitlines()
+        if line.startswith("mmstats_x")
+    ]
+    mmstats.clean(stats_dir)
+    _all_reads_agree(stats_dir)
+    after = [
+        line
+        for line in mmstats.scrape(stats_dir).decode().splitlines()
+        if line.startswith("mmstats_x")
+    ]
+    assert after == before
