@@ -34,13 +34,20 @@ _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
+# mmstats' own series, named with the default prefix in the files: exported
+# with the prefix once.  Any other name gets the prefix, even one that
+# begins with it, so that ``requests`` and ``mmstats_requests`` stay two
+# families (one family written twice fails the whole scrape).
+OWN_NAMES = frozenset({"mmstats_dropped_labels"})
+
+
 def metric_name(prefix: str, name: str) -> str:
     """Return a valid Prometheus metric name for a stats name.
 
-    A name that already begins with the prefix (mmstats' own
-    ``mmstats_dropped_labels``) gets it once.
+    mmstats' own ``mmstats_dropped_labels`` gets the default prefix once.
     """
-    full = _NAME_BAD.sub("_", name if name.startswith(prefix) else prefix + name)
+    own = name in OWN_NAMES and name.startswith(prefix)
+    full = _NAME_BAD.sub("_", name if own else prefix + name)
     return full if not full[:1].isdigit() else "_" + full
 
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
+import re
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +249,32 @@ def test_a_name_of_another_kind_keeps_its_samples_across_clean(stats_dir: Path) 
         if line.startswith("mmstats_x")
     ]
     assert after == before
+
+
+def test_a_metric_named_with_the_prefix_gets_a_family_of_its_own(
+    stats_dir: Path,
+) -> None:
+    """``metric_name`` now leaves a name that begins with the prefix as it
+    is, so ``mmstats_requests`` and ``requests`` (or ``mmstats_workers``
+    and mmstats' own ``workers``) became one family written twice: a
+    second HELP and TYPE for the same name, which Prometheus refuses,
+    failing the whole scrape."""
+    stats = mmstats.Stats(stats_dir, "app")
+    stats.counter("requests").incr(2)
+    stats.counter("mmstats_requests").incr(5)
+    stats.gauge("mmstats_workers").set(3)
+    exposed = mmstats.scrape(stats_dir).decode()
+    families = re.findall(r"^# TYPE (\S+) ", exposed, re.M)
+    assert len(families) == len(set(families)), sorted(families)
+    promtool = (
+        subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=exposed.encode(),
+            capture_output=True,
+            check=False,
+        )
+        if os.path.exists("/usr/bin/promtool")
+        else None
+    )
+    if promtool is not None:
+        assert b"parsing error" not in promtool.stderr, promtool.stderr
