@@ -2326,10 +2326,11 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
     # By metric record (shared by every worker with the same one), then by
     # series: records that differ only in their help name the same series.
     counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
-    # id(meta) -> [meta, packed buckets, parts, sum, count, careful, to keep]
+    # id(meta) -> [meta, packed buckets, parts, sums, count, careful, to keep,
+    # index of the last worker]; sums: [worker index, sum of its cells]
     accs: dict[int, list[Any]] = {}
     read = snapshot._read if snapshot._read is not None else snapshot.workers
-    for worker in read:
+    for i, worker in enumerate(read):
         for meta, value in zip(*worker._folded_counts, strict=True):
             acc = counts.get(id(meta))
             if acc is None:
@@ -2340,16 +2341,26 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             meta = item[0]
             acc = accs.get(id(meta))
             if acc is None:
-                acc = accs[id(meta)] = [meta, 0, 0, 0.0, 0, [], []]
+                acc = accs[id(meta)] = [meta, 0, 0, [], 0, [], [], -1]
             if len(item) == 2:
                 acc[5].append(item[1])
-                continue
-            acc[1] += item[1]
-            acc[2] += 1
-            acc[3] += item[2]
-            acc[4] += item[3]
-            if item[4] is not None:
-                acc[6].append(item[4])
+                cell_sum = item[1].sum
+            else:
+                acc[1] += item[1]
+                acc[2] += 1
+                cell_sum = item[2]
+                acc[4] += item[3]
+                if item[4] is not None:
+                    acc[6].append(item[4])
+            # The sum added up as aggregate() adds it, so that a scrape's
+            # _sum is the same to the last bit whichever way it was read
+            # (a float _sum that drops by a rounding reads as a reset):
+            # each worker's cells in file order, then worker after worker.
+            if acc[7] == i:
+                acc[3][-1][1] += cell_sum
+            else:
+                acc[3].append([i, cell_sum])
+                acc[7] = i
     # A name of two kinds or units: aggregate() keeps the first live
     # worker's in file order, which the folded read does not follow (it
     # adds gauges, then counters, then histograms), over a dead worker's.
@@ -2376,7 +2387,7 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             # Another record of the same series: one check for both.
             same[1] += acc[1]
             same[2] += acc[2]
-            same[3] += acc[3]
+            same[3] = sorted(same[3] + acc[3], key=lambda part: part[0])
             same[4] += acc[4]
             same[5].extend(acc[5])
             same[6].extend(acc[6])
@@ -2384,7 +2395,7 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             # The same quantity in other buckets (workers of two format
             # versions during an upgrade): rare, and merged by aggregate().
             return None
-    for key, (meta, packed, parts, sum_value, count, careful, keep) in hists.items():
+    for key, (meta, packed, parts, sums, count, careful, keep, _) in hists.items():
         if parts >= _PACKED_MAX_PARTS:
             return None
         # Each cell's buckets add up to its count, or to one more while its
@@ -2392,13 +2403,15 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
         # cell was whole.
         if _digit_sum(packed) != count % _DIGIT_MODULUS:
             return None
-        hist = HistogramValue(
-            meta["lo"], meta["gamma"], meta["integer"], count, sum_value
-        )
+        sum_value = sums[0][1]
+        for _, worker_sum in sums[1:]:
+            sum_value += worker_sum
+        hist = HistogramValue(meta["lo"], meta["gamma"], meta["integer"], count)
         hist.nbuckets = meta["nbuckets"]
         hist._state = (packed, parts, {})
         for other in careful:
             hist.merge(other)
+        hist.sum = sum_value
         have = totals.get(key)
         if have is None:
             totals[key] = _series(meta, hist, dict(meta["labels"]))
