@@ -15,30 +15,40 @@ The ground truth is the careful read of the same bytes by a fresh reader
 from __future__ import annotations
 
 import bisect
+import io
+import itertools
 import json
 import math
 import os
 import random
 import re
+import signal
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.cells import cell_len
+from rich.console import Console
 
 import mmstats
+from mmstats import _cli, _exporter, _reader, _render
 from mmstats import _format as F
-from mmstats import _reader
+from mmstats._cli import SUMMARY_NAMES
+from mmstats._render import show_view
 from tests.test_attack_caches import (
     DEAD_PID,
     _alive,
     _cell,
     _counter,
+    _header,
     _image,
     _metric,
+    _put,
 )
 
 
@@ -393,3 +403,355 @@ def test_forked_writers_threads_sums_read_the_same_both_ways(stats_dir: Path) ->
         os.close(ready_r)
         for pid in pids:
             os.waitpid(pid, 0)
+
+
+# == what held up ===================================================================
+
+# Values whose sums are exact in any order (dyadic), in seconds and counts.
+_SECONDS = [2.0**-20, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 2.0**16, 2.0**17]
+_COUNTS = [0.0, 1.0, 2.0, 3.0, 4.0, 13.0, 42.0, 1024.0, 2.0**24]
+
+
+def _roles_files(
+    stats_dir: Path, versions: dict[str, int], labels: dict[str, str]
+) -> int:
+    """Write the roles' files (dead or live workers, each of format 2 or 3)
+    with a seconds and a counts histogram; return the observations written."""
+    written = 0
+    for n, (role, version) in enumerate(sorted(versions.items())):
+        seconds = _SECONDS[n % 3 :: 2]
+        counts = _COUNTS[n % 2 :: 2]
+        records = [
+            _hmetric(1, "rt", "seconds", version, labels),
+            _hmetric(2, "rows", "count", version, labels),
+            _hcell(1, "seconds", seconds, version),
+            _hcell(2, "count", counts, version),
+            _hcell(1, "seconds", seconds[:2], version, tslot=1),
+        ]
+        written += len(seconds) + 2
+        header: dict[str, Any] = (
+            _alive() if role.startswith("live") else {"pid": DEAD_PID - n}
+        )
+        _vwrite(
+            stats_dir / f"app.{n}.{role}.mmstats",
+            records,
+            version,
+            **header,
+            created=1.7e9 + n,
+        )
+    return written
+
+
+@pytest.mark.parametrize("labels", [{}, {"path": '/a b\\"c\n'}])
+def test_every_mix_of_versions_keeps_counts_and_buckets_across_clean(
+    stats_dir: Path, labels: dict[str, str]
+) -> None:
+    """Dead and live workers and an archive, each of format 2 or 3, in
+    every mix: the three reads agree, the totals are in format 3's buckets
+    as soon as one part is, count and sum are exact, and a clean changes
+    no sample of the exposition but the worker gauges."""
+    label_text = _exporter._labels(sorted(labels.items()))
+    key = ("rt", tuple(sorted(labels.items())))
+    for mix in itertools.product((None, 2, 3), repeat=4):
+        archive, dead1, dead2, live = mix
+        _reader.drop_caches()
+        for f in stats_dir.iterdir():
+            f.unlink()
+        written = 0
+        if archive is not None:
+            written += _roles_files(stats_dir, {"old": archive}, labels)
+            mmstats.clean(stats_dir)
+        roles = {"dead1": dead1, "dead2": dead2, "live": live}
+        written += _roles_files(
+            stats_dir, {r: v for r, v in roles.items() if v is not None}, labels
+        )
+        if not written:
+            continue
+        totals = _all_reads_agree(stats_dir)
+        by_key = {t[0]: t for t in totals}
+        _, _, lo, count, total, buckets = by_key[key]
+        assert count == written == sum(c for _, c in buckets), mix
+        if 3 in mix:
+            assert lo == F.SECONDS_RANGE[0], mix
+        before = mmstats.scrape(stats_dir)
+        assert _count(before, "mmstats_rt", label_text) == written, mix
+        mmstats.clean(stats_dir)
+        after = mmstats.scrape(stats_dir)
+        for family in ("mmstats_rt", "mmstats_rows"):
+            assert _hist_lines(after, family) == _hist_lines(before, family), mix
+        assert _all_reads_agree(stats_dir) == totals, mix
+
+
+def _blocking_child(stats_dir: Path, n: int, ready_w: int, hold_r: int) -> None:
+    """A forked worker that counts ``n + 1``, says so and waits."""
+    mmstats.Stats(stats_dir, f"k{n}").counter("c").incr(n + 1)
+    os.write(ready_w, b"r")
+    os.read(hold_r, 1)
+
+
+def _wait_exited(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while _reader.process_state(pid)[0] not in ("Z", "X", ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_many_watched_workers_killed_read_dead_in_every_threads_next_scan(
+    stats_dir: Path,
+) -> None:
+    """Twelve forked workers, watched by a long-running reader (pid
+    descriptors and mappings kept); three threads scan and scrape in a
+    loop.  Five are killed with SIGKILL, three of them reaped and two left
+    zombies: every scan begun after they exited reads them dead, the
+    others alive, and no count is lost or counted twice."""
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pids: list[int] = []
+    for n in range(12):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.close(ready_r)
+                os.close(hold_w)
+                _blocking_child(stats_dir, n, ready_w, hold_r)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    os.close(ready_w)
+    os.close(hold_r)
+    victims = pids[1:10:2]
+    reaped = set(victims[:3])
+    stop = threading.Event()
+    killed_at: list[float] = []
+    errors: list[str] = []
+
+    def reader(scrape: bool) -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            if scrape:
+                text = mmstats.scrape(stats_dir).decode()
+                if "mmstats_c_total 78\n" not in text:
+                    errors.append("a scrape lost or doubled a count")
+                continue
+            snap = mmstats.read_directory(stats_dir, slow=False)
+            if snap.totals()[("c", ())].value != 78:
+                errors.append("a scan lost or doubled a count")
+            states = {w.pid: w.state for w in snap.workers}
+            if killed_at and began > killed_at[0]:
+                want = {p: "dead" if p in victims else "alive" for p in pids}
+                if states != want:
+                    errors.append(f"scan after the kills: {states}")
+
+    try:
+        for _ in pids:
+            assert os.read(ready_r, 1) == b"r"
+        for _ in range(3):
+            states = [w.state for w in mmstats.read_directory(stats_dir).workers]
+            assert states == ["alive"] * 12
+        if len(_reader._watched) < 12:
+            pytest.skip("pidfd_open is not available here")
+        threads = [
+            threading.Thread(target=reader, args=(scrape,))
+            for scrape in (False, False, True)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        for pid in victims:
+            _wait_exited(pid)
+            if pid in reaped:
+                os.waitpid(pid, 0)
+        killed_at.append(time.monotonic())
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        snap = mmstats.read_directory(stats_dir)
+        assert sorted(w.state for w in snap.workers) == ["alive"] * 7 + ["dead"] * 5
+        assert not [p for p, _ in _reader._watched if p in victims]
+    finally:
+        stop.set()
+        os.close(hold_w)
+        os.close(ready_r)
+        for pid in pids:
+            if pid not in reaped:
+                os.waitpid(pid, 0)
+
+
+def _scrape_view(snap: mmstats.Snapshot) -> Any:
+    def value(v: Any) -> Any:
+        if isinstance(v, mmstats.HistogramValue):
+            s = "nan" if math.isnan(v.sum) else v.sum
+            return (v.count, s, sorted(v.buckets.items()))
+        return v
+
+    totals = sorted(
+        (k, s.kind, value(s.value))
+        for k, s in snap.totals().items()
+        if s.kind in ("counter", "histogram")
+    )
+    return totals, sorted((os.path.basename(b.path), b.reason) for b in snap.bad)
+
+
+_DAMAGES = {
+    # word offsets are from the start of the second worker's cell payloads
+    "negative counter": ("counter", 0, struct.pack("=q", -5)),
+    "bucket with high bits": ("hist", 8 * (2 + 160), struct.pack("=Q", 1 << 63)),
+    "bucket of 2**48": ("hist", 8 * (2 + 160), struct.pack("=Q", 1 << 48)),
+    "count above the buckets": ("hist", 0, struct.pack("=Q", 10)),
+    "count below the buckets": ("hist", 0, struct.pack("=Q", 1)),
+    "negative count": ("hist", 0, struct.pack("=q", -3)),
+    "sum NaN": ("hist", 8, struct.pack("=d", math.nan)),
+    "sum -0.0": ("hist", 8, struct.pack("=d", -0.0)),
+    "bucket one ahead": ("hist", 8 * (2 + 5), struct.pack("=Q", 1)),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGES))
+def test_damage_in_place_under_a_kept_mapping_scrapes_as_a_fresh_reader_reads(
+    stats_dir: Path, damage: str
+) -> None:
+    """Bytes of a live worker's cells changed in place while a long-running
+    reader keeps the file mapped, its layout and its fold plan: the next
+    scrape's read (read_totals) shows what a fresh process's read_totals
+    and read_directory show of the same bytes, or the same bad file."""
+    bounds = F.bucket_bounds(*_scheme("seconds", 3)[::2])
+    assert bounds[160] == 1.0
+    for i in range(2):
+        records = [
+            _metric(1, "c"),
+            _hmetric(2, "t", "seconds"),
+            _counter(1, 4),
+            _hcell(2, "seconds", [1.0, 1.0, 2.0]),
+        ]
+        _vwrite(
+            stats_dir / f"app.{i}.w.mmstats", records, **_alive(), created=1.7e9 + i
+        )
+    where, offset, data = _DAMAGES[damage]
+    records = [
+        _metric(1, "c"),
+        _hmetric(2, "t", "seconds"),
+        _counter(1, 4),
+        _hcell(2, "seconds", [1.0, 1.0, 2.0]),
+    ]
+    base = F.HEADER_SIZE + len(records[0]) + len(records[1])
+    if where == "hist":
+        base += len(records[2])
+    for _ in range(3):  # layouts, plans, mappings and descriptors kept
+        _reader.read_totals(stats_dir)
+        time.sleep(0.06)
+    with open(stats_dir / "app.1.w.mmstats", "r+b") as f:
+        f.seek(base + F.CELL_PAYLOAD + offset)
+        f.write(data)
+    started = time.monotonic()
+    kept = _scrape_view(_reader.read_totals(stats_dir))
+    assert time.monotonic() - started < 5
+    _reader.drop_caches()
+    fresh = _scrape_view(_reader.read_totals(stats_dir))
+    _reader.drop_caches()
+    careful = _scrape_view(mmstats.read_directory(stats_dir, slow=False))
+    assert kept == fresh == careful
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, not fixed: a clean regroups the float additions of _sum",
+)
+def test_a_clean_never_lowers_a_histogram_sum(stats_dir: Path) -> None:
+    """Before a clean the totals add live + dead + archive, (L + D) + A;
+    after it the archive holds D + A, and the totals are L + (D + A).
+    Floats do not associate: here the exported _sum drops by two units in
+    the last place (84646.22942343743 to 84646.22942343741), which
+    Prometheus reads as a counter reset of the _sum series.  The same
+    regrouping happens when a live worker dies.  A fix needs sums kept
+    exactly (e.g. the archive storing exact partial sums), not a reorder."""
+    live, dead, old = 25.9, 0.5875806061435594, 84619.74184283128
+    _vwrite(
+        stats_dir / "app.0.old.mmstats",
+        [_hmetric(1, "t", "seconds"), _hcell(1, "seconds", [old])],
+        pid=DEAD_PID - 9,
+    )
+    mmstats.clean(stats_dir)
+    _vwrite(
+        stats_dir / "app.1.dead.mmstats",
+        [_hmetric(1, "t", "seconds"), _hcell(1, "seconds", [dead])],
+        pid=DEAD_PID,
+    )
+    _vwrite(
+        stats_dir / "app.2.live.mmstats",
+        [_hmetric(1, "t", "seconds"), _hcell(1, "seconds", [live])],
+        **_alive(),
+    )
+    before = _reader.read_totals(stats_dir).totals()[("t", ())].value.sum
+    mmstats.clean(stats_dir)
+    after = _reader.read_totals(stats_dir).totals()[("t", ())].value.sum
+    assert after >= before
+
+
+_HOSTILE = [
+    "\x1b]0;owned\x07\x1b[31mred",
+    "名前" * 40,
+    "a" * 300,
+    "e\u0301" * 50,
+    "\u202eevil",
+    "\t\n\r",
+    "\U0001f642" * 30,
+    "\u200b" * 50,
+    "[bold]x[/bold]",
+]
+
+
+def test_the_worker_table_fits_every_width_with_hostile_names(
+    stats_dir: Path,
+) -> None:
+    """show and top, narrow and --wide, at every width from 40 to 200, with
+    a real worker and workers of other hosts whose names and host names
+    are escapes, wide characters, combining marks and 300 characters: no
+    line is wider than the terminal, no control character gets out, PID,
+    State and Reqs are always there, and the caption names what was left
+    out."""
+    recorder = mmstats.RequestRecorder(
+        stats_dir, "real\x1b[31m名前" * 5, slow_seconds=0
+    )
+    for i in range(30):
+        recorder.finish(recorder.start("GET", "/x", "v"), 200 + (i % 4) * 100, None)
+    for i, hostile in enumerate(_HOSTILE):
+        header = _header(pid=DEAD_PID - i, closed=0)
+        _put(header, F.H_NAME, F.NAME_SIZE, F.encode(hostile)[:120])
+        _put(header, F.H_HOSTNAME, F.HOSTNAME_SIZE, F.encode(hostile)[:250])
+        data = bytearray(header) + _metric(1, "requests") + _counter(1, 10**12 + i)
+        struct.pack_into("=Q", data, F.H_USED, len(data))
+        path = stats_dir / f"app.{i}.h.mmstats"
+        path.write_bytes(bytes(data) + bytes(-len(data) % 65536))
+    first = mmstats.read_directory(stats_dir, slow=False, names=SUMMARY_NAMES)
+    snap = mmstats.read_directory(stats_dir, slow=False, names=SUMMARY_NAMES)
+    rates = _cli._rates(first, snap, 0.5)
+    for rated, wide, width in itertools.product(
+        (None, rates), (False, True), range(40, 201)
+    ):
+        out = io.StringIO()
+        console = Console(
+            file=out,
+            width=width,
+            color_system=None,
+            markup=False,
+            emoji=False,
+            highlight=False,
+            soft_wrap=False,
+        )
+        console.print(show_view(snap, wide, rated, prog="mmstats"))
+        text = out.getvalue()
+        where = (bool(rated), wide, width)
+        lines = text.splitlines()
+        assert all(cell_len(line) <= width for line in lines), where
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text), where
+        (head,) = [line for line in lines if line.lstrip().startswith("PID")]
+        assert "State" in head and "Reqs" in head, where
+        kept = set(head.split())
+        if "Left out to fit the width" in " ".join(lines):
+            assert kept < set(head.split()) | set(_render._WORKER_DROPS), where
