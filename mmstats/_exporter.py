@@ -138,7 +138,7 @@ class _Writer:
 def _histogram(w: _Writer, family: str, s: Series) -> None:
     """Write the log buckets that end a doubling as ``le`` buckets (every
     eighth: exact powers of two), then count and sum."""
-    hist: HistogramValue = s.value
+    hist = _in_format3_buckets(s.value, s.unit)
     labels = sorted(s.labels.items())
     inner = _labels(labels)[1:-1]
     head = family + "_bucket{" + (inner + "," if inner else "")
@@ -156,6 +156,25 @@ def _histogram(w: _Writer, family: str, s: Series) -> None:
         return
     w.sample(family + "_count", labels, count)
     w.sample(family + "_sum", labels, hist.sum)
+
+
+def _in_format3_buckets(hist: HistogramValue, unit: str) -> HistogramValue:
+    """Return ``hist`` in the buckets writers of this version make for
+    ``unit``, moved there (count and sum exact) if it has others.
+
+    A series only format 2 workers or an archive made before the upgrade
+    hold would otherwise keep format 2's ``le`` bounds, beside series of
+    the same family with format 3's: a family whose series have other
+    bounds cannot be added up by ``le``.
+    """
+    lo, hi = F.SECONDS_RANGE if unit == "seconds" else F.COUNT_RANGE
+    if hist.lo == lo and hist.gamma == F.GAMMA:
+        return hist
+    moved = HistogramValue(
+        lo, F.GAMMA, hist.integer, 0, 0.0, {}, F.bucket_count(lo, hi)
+    )
+    moved.merge_moved(hist)
+    return moved
 
 
 @functools.lru_cache(maxsize=64)

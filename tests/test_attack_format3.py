@@ -292,6 +292,62 @@ def test_a_metric_named_with_the_prefix_gets_a_family_of_its_own(
         assert b"parsing error" not in promtool.stderr, promtool.stderr
 
 
+def test_every_series_of_a_histogram_family_has_the_power_of_two_le_buckets(
+    stats_dir: Path,
+) -> None:
+    """After an upgrade, a label set that only format 2 workers or the
+    archive hold (a view no new worker has served yet) was exported in
+    format 2's buckets, le="1.999004627104433e-06" and so on, beside the
+    family's other series with le="1.0": series of one family with other
+    bounds, which sum by (le) and histogram_quantile over them cannot add.
+    Every series is exported in format 3's buckets, count and sum exact."""
+    old = {"view": "archived"}
+    _vwrite(
+        stats_dir / "app.0.old.mmstats",
+        [
+            _hmetric(1, "rt", "seconds", 2, old),
+            _hmetric(2, "rows", "count", 2, old),
+            _hcell(1, "seconds", [0.5, 3.0], 2),
+            _hcell(2, "count", [7.0], 2),
+        ],
+        2,
+        pid=DEAD_PID - 1,
+    )
+    mmstats.clean(stats_dir)
+    for n, (view, version) in enumerate((("old", 2), ("new", 3))):
+        header: dict[str, Any] = _alive() if version == 3 else {"pid": DEAD_PID}
+        labels = {"view": view}
+        _vwrite(
+            stats_dir / f"app.{n + 1}.w.mmstats",
+            [
+                _hmetric(1, "rt", "seconds", version, labels),
+                _hmetric(2, "rows", "count", version, labels),
+                _hcell(1, "seconds", [1.0, 2.0**-10], version),
+                _hcell(2, "count", [1.0, 4.0, 1000.0], version),
+            ],
+            version,
+            **header,
+        )
+    exposed = mmstats.scrape(stats_dir).decode()
+    totals = _reader.read_totals(stats_dir).totals()
+    for family, name in (("mmstats_rt", "rt"), ("mmstats_rows", "rows")):
+        les: dict[str, list[str]] = {}
+        for view, le in re.findall(
+            rf'^{family}_bucket{{view="(\w+)",le="([^"]+)"}}', exposed, re.M
+        ):
+            les.setdefault(view, []).append(le)
+        assert sorted(les) == ["archived", "new", "old"]
+        assert les["archived"] == les["old"] == les["new"], family
+        for le in les["new"][:-1]:
+            assert math.log2(float(le)).is_integer(), le
+        for view in les:
+            series = totals[(name, (("view", view),))].value
+            want = f'{family}_count{{view="{view}"}} {series.count}\n'
+            assert want in exposed
+            sum_line = f'{family}_sum{{view="{view}"}} '
+            assert f"{sum_line}{_exporter.format_value(series.sum)}\n" in exposed
+
+
 # Sums of cells whose total depends on the order they are added in: the
 # cells of three workers, two threads each (found by a random search).
 _ORDERED_SUMS = [
