@@ -46,8 +46,6 @@ class Archive:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        from ._reader import HistogramValue
-
         return {
             "version": ARCHIVE_VERSION,
             "workers": self.workers,
@@ -59,16 +57,27 @@ class Archive:
                     "help": s.help,
                     "unit": s.unit,
                     "labels": s.labels,
-                    "value": (
-                        s.value.to_json()
-                        if isinstance(s.value, HistogramValue)
-                        else s.value
-                    ),
+                    "value": _value_to_json(s.value),
                 }
                 for s in self.series
             ],
             "slow": [e.to_json() for e in self.slow],
         }
+
+
+def _value_to_json(value: Any) -> Any:
+    """Return a counter's value, or a histogram's with its exact sum."""
+    from ._reader import HistogramValue, exact_parts
+
+    if not isinstance(value, HistogramValue):
+        return value
+    data = value.to_json()
+    # The sum of every worker folded, kept exactly: the totals before and
+    # after a clean then round to the same float.
+    parts = exact_parts(value.sums())
+    if len(parts) > 1:
+        data["sum_parts"] = parts
+    return data
 
 
 def _from_json(data: Any) -> Archive:

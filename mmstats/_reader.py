@@ -109,6 +109,55 @@ def _scheme_bounds(lo: float, gamma: float, nbuckets: int) -> tuple[float, ...]:
     return tuple(F.bucket_bound(lo, gamma, k) for k in range(nbuckets - 1))
 
 
+# More partial sums than a sum of doubles ever needs (about 40).
+_SUM_PARTS_MAX = 100
+
+
+def _exact_sum(values: list[float]) -> float:
+    """Return the sum of ``values`` as if added exactly and rounded once.
+
+    Float additions grouped another way can round to another float: a total
+    added up as (live + dead) + archive before a clean and live + (dead +
+    archive) after it could end one unit in the last place lower, which
+    Prometheus takes for a reset of a _sum that only ever grows.
+    """
+    try:
+        return math.fsum(values)
+    except (ValueError, OverflowError):  # +inf with -inf, or too large on the way
+        total = 0.0
+        for value in values:
+            total += value
+        return total
+
+
+def exact_parts(values: list[float]) -> list[float]:
+    """Return a few floats whose exact sum is the exact sum of ``values``.
+
+    Shewchuk's way: each value is added into a list of partial sums that do
+    not overlap, each addition split into its rounded sum and the error
+    that rounding made, which is again a float.  The archive keeps a
+    histogram's sum so, however many workers it folded.
+    """
+    if not all(math.isfinite(v) for v in values):
+        return [_exact_sum(values)]
+    partials: list[float] = []
+    for value in values:
+        kept = 0
+        for partial in partials:
+            big, small = (
+                (value, partial) if abs(value) >= abs(partial) else (partial, value)
+            )
+            rounded = big + small
+            error = small - (rounded - big)
+            if error:
+                partials[kept] = error
+                kept += 1
+            value = rounded
+        del partials[kept:]
+        partials.append(value)
+    return partials
+
+
 def _add_into(mine: dict[int, int], buckets: dict[int, int]) -> None:
     for k, n in buckets.items():
         mine[k] = mine.get(k, 0) + n
@@ -129,7 +178,17 @@ class HistogramValue:
     them, so adding many workers' histograms up costs little.
     """
 
-    __slots__ = ("lo", "gamma", "integer", "sum", "nbuckets", "_count", "_state")
+    __slots__ = (
+        "lo",
+        "gamma",
+        "integer",
+        "_sum",
+        "nbuckets",
+        "_count",
+        "_state",
+        "_sums",
+        "_sum_due",
+    )
 
     def __init__(
         self,
@@ -144,7 +203,7 @@ class HistogramValue:
         self.lo = lo
         self.gamma = gamma
         self.integer = integer
-        self.sum = sum
+        self._sum = sum
         self.nbuckets = nbuckets  # of the scheme: the last one also holds all above
         self._count = count
         # The buckets: those packed into one integer (and how many
@@ -155,6 +214,42 @@ class HistogramValue:
             0,
             {} if buckets is None else buckets,
         )
+        # The sums added into ``sum`` (None: just ``sum``), which is their
+        # exact sum rounded once: the same float however they were grouped,
+        # so a total's _sum never drops by a rounding when a clean or a
+        # worker's death regroups its parts (see _exact_sum).  Added up
+        # when asked for, not at every merge.
+        self._sums: list[float] | None = None
+        self._sum_due = False
+
+    @property
+    def sum(self) -> float:
+        """The sum of the observed values."""
+        if self._sum_due:
+            assert self._sums is not None
+            self._sum = _exact_sum(self._sums)
+            self._sum_due = False
+        return self._sum
+
+    @sum.setter
+    def sum(self, value: float) -> None:
+        self._sum = value
+        self._sums = None
+        self._sum_due = False
+
+    def sums(self) -> list[float]:
+        """Return floats whose exact sum is this histogram's exact sum."""
+        return [self._sum] if self._sums is None else self._sums
+
+    def _add_sum(self, other: HistogramValue) -> None:
+        mine = self._sums
+        if mine is None:
+            mine = self._sums = [self._sum]
+        if other._sums is None:
+            mine.append(other._sum)
+        else:
+            mine.extend(other._sums)
+        self._sum_due = True
 
     @classmethod
     def from_words(cls, meta: dict[str, Any], raw: bytes, sum: float) -> HistogramValue:
@@ -233,7 +328,7 @@ class HistogramValue:
         count = self._count
         if count is not None:
             count = None if other._count is None else count + other._count
-        self.sum += other.sum
+        self._add_sum(other)
         packed, parts, plain = self._state
         opacked, oparts, oplain = other._state
         if oparts and parts + oparts < _PACKED_MAX_PARTS:
@@ -264,7 +359,7 @@ class HistogramValue:
         count = self._count
         if count is not None:
             count = None if other._count is None else count + other._count
-        self.sum += other.sum
+        self._add_sum(other)
         packed, parts, plain = self._state
         _add_into(plain, moved)
         self._state = (packed, parts, plain)
@@ -277,9 +372,12 @@ class HistogramValue:
     def copy(self) -> HistogramValue:
         """Return an independent copy."""
         packed, parts, plain = self._state
-        hist = HistogramValue(self.lo, self.gamma, self.integer, self._count, self.sum)
+        hist = HistogramValue(self.lo, self.gamma, self.integer, self._count, self._sum)
         hist.nbuckets = self.nbuckets
         hist._state = (packed, parts, dict(plain))
+        if self._sums is not None:
+            hist._sums = list(self._sums)
+            hist._sum_due = self._sum_due
         return hist
 
     def __eq__(self, other: object) -> bool:
@@ -402,7 +500,7 @@ class HistogramValue:
         if min(buckets.values(), default=0) < 0:
             raise ValueError("histogram has a negative bucket count")
         int(data["count"])  # present and a number, but the buckets are the truth
-        return cls(
+        hist = cls(
             lo,
             gamma,
             bool(data["integer"]),
@@ -411,6 +509,14 @@ class HistogramValue:
             buckets,
             nbuckets,
         )
+        parts = data.get("sum_parts")
+        if parts is not None:
+            # The archive's exact sum (see exact_parts); "sum" is it rounded.
+            if not isinstance(parts, list) or not 1 <= len(parts) <= _SUM_PARTS_MAX:
+                raise ValueError("histogram has a bad sum_parts")
+            hist._sums = [float(part) for part in parts]
+            hist._sum_due = True
+        return hist
 
 
 def check_scheme(lo: float, gamma: float, nbuckets: int) -> None:
@@ -2326,11 +2432,11 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
     # By metric record (shared by every worker with the same one), then by
     # series: records that differ only in their help name the same series.
     counts: dict[int, list[Any]] = {}  # id(meta) -> [meta, total]
-    # id(meta) -> [meta, packed buckets, parts, sums, count, careful, to keep,
-    # index of the last worker]; sums: [worker index, sum of its cells]
+    # id(meta) -> [meta, packed buckets, parts, cells' sums, count, careful,
+    # to keep]
     accs: dict[int, list[Any]] = {}
     read = snapshot._read if snapshot._read is not None else snapshot.workers
-    for i, worker in enumerate(read):
+    for worker in read:
         for meta, value in zip(*worker._folded_counts, strict=True):
             acc = counts.get(id(meta))
             if acc is None:
@@ -2341,26 +2447,16 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             meta = item[0]
             acc = accs.get(id(meta))
             if acc is None:
-                acc = accs[id(meta)] = [meta, 0, 0, [], 0, [], [], -1]
+                acc = accs[id(meta)] = [meta, 0, 0, [], 0, [], []]
             if len(item) == 2:
                 acc[5].append(item[1])
-                cell_sum = item[1].sum
-            else:
-                acc[1] += item[1]
-                acc[2] += 1
-                cell_sum = item[2]
-                acc[4] += item[3]
-                if item[4] is not None:
-                    acc[6].append(item[4])
-            # The sum added up as aggregate() adds it, so that a scrape's
-            # _sum is the same to the last bit whichever way it was read
-            # (a float _sum that drops by a rounding reads as a reset):
-            # each worker's cells in file order, then worker after worker.
-            if acc[7] == i:
-                acc[3][-1][1] += cell_sum
-            else:
-                acc[3].append([i, cell_sum])
-                acc[7] = i
+                continue
+            acc[1] += item[1]
+            acc[2] += 1
+            acc[3].append(item[2])
+            acc[4] += item[3]
+            if item[4] is not None:
+                acc[6].append(item[4])
     # A name of two kinds or units: aggregate() keeps the first live
     # worker's in file order, which the folded read does not follow (it
     # adds gauges, then counters, then histograms), over a dead worker's.
@@ -2387,7 +2483,7 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             # Another record of the same series: one check for both.
             same[1] += acc[1]
             same[2] += acc[2]
-            same[3] = sorted(same[3] + acc[3], key=lambda part: part[0])
+            same[3].extend(acc[3])
             same[4] += acc[4]
             same[5].extend(acc[5])
             same[6].extend(acc[6])
@@ -2395,7 +2491,7 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
             # The same quantity in other buckets (workers of two format
             # versions during an upgrade): rare, and merged by aggregate().
             return None
-    for key, (meta, packed, parts, sums, count, careful, keep, _) in hists.items():
+    for key, (meta, packed, parts, sums, count, careful, keep) in hists.items():
         if parts >= _PACKED_MAX_PARTS:
             return None
         # Each cell's buckets add up to its count, or to one more while its
@@ -2403,15 +2499,15 @@ def _fold_totals(snapshot: Snapshot) -> dict[tuple[str, LabelKey], Series] | Non
         # cell was whole.
         if _digit_sum(packed) != count % _DIGIT_MODULUS:
             return None
-        sum_value = sums[0][1]
-        for _, worker_sum in sums[1:]:
-            sum_value += worker_sum
+        # The cells' sums added exactly, as aggregate() adds them: a scrape's
+        # _sum is the same float whichever way it was read.
         hist = HistogramValue(meta["lo"], meta["gamma"], meta["integer"], count)
+        hist._sums = sums
+        hist._sum_due = True
         hist.nbuckets = meta["nbuckets"]
         hist._state = (packed, parts, {})
         for other in careful:
             hist.merge(other)
-        hist.sum = sum_value
         have = totals.get(key)
         if have is None:
             totals[key] = _series(meta, hist, dict(meta["labels"]))

@@ -6,16 +6,20 @@ import contextlib
 import math
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mmstats
 import mmstats._reader
@@ -360,3 +364,125 @@ stats.histogram("h").observe(0.25)
             assert [w.state for w in folded.workers] == [w.state for w in whole.workers]
             live = [w for w in folded.workers if w.state == "alive"]
             assert {s.name for w in live for s in w.series} == {"g", "v"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(min_value=-1e12, max_value=1e12, allow_nan=False), max_size=40
+    ),
+    seed=st.integers(0, 2**32),
+)
+def test_a_total_sum_is_the_same_float_however_its_parts_were_grouped(
+    values: list[float], seed: int
+) -> None:
+    """Histograms added one after another, or in any other grouping (a
+    worker's cells, then workers, then the archive), have the same sum: the
+    exact sum of every part, rounded once.  The archive's exact parts add up
+    to the same exact sum, so a clean changes no _sum."""
+    values = [0.0, *values]
+
+    def hist(value: float) -> mmstats.HistogramValue:
+        return mmstats.HistogramValue(2.0**-20, F.GAMMA, False, 1, value, {100: 1})
+
+    in_turn = hist(values[0])
+    for value in values[1:]:
+        in_turn.merge(hist(value))
+
+    rng = random.Random(seed)
+    groups = [hist(v) for v in values]
+    while len(groups) > 1:  # any order and grouping
+        a = groups.pop(rng.randrange(len(groups)))
+        b = groups.pop(rng.randrange(len(groups)))
+        a.merge(b)
+        groups.append(a)
+
+    assert in_turn.sum == groups[0].sum == math.fsum(values)
+    parts = mmstats._reader.exact_parts(in_turn.sums())
+    assert len(parts) <= 40
+    assert sum(map(Fraction, parts)) == sum(map(Fraction, values))
+    archived = mmstats.HistogramValue.from_json(
+        {**in_turn.to_json(), "sum_parts": parts}
+    )
+    archived.merge(hist(1.5))
+    assert archived.sum == math.fsum([*values, 1.5])
+
+
+def test_a_sum_stays_the_same_float_when_workers_die_and_are_cleaned(
+    stats_dir: Path,
+) -> None:
+    """Four forked workers, two threads each, observe awkward floats and
+    wait; the exported _sum is read, then two are killed (their cells move
+    from the live to the dead workers' sums), then cleaned into the archive
+    (which keeps their sum exactly), then the others: every read of the
+    _sum, careful or folded, is the same float, so Prometheus never sees it
+    drop."""
+    rng = random.Random(7)
+    # Magnitudes far apart, so that each regrouping of the additions rounds.
+    plans = [
+        [rng.random() * 10.0 ** rng.randint(-6, 9) for _ in range(200)]
+        for _ in range(8)
+    ]
+    pids = []
+    for worker in range(4):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                stats = mmstats.Stats(stats_dir, f"w{worker}")
+                h = stats.histogram("t", "t")
+
+                def observe(plan: list[float], h: Any = h) -> None:
+                    for value in plan:
+                        h.observe(value)
+
+                threads = [
+                    threading.Thread(target=observe, args=(plans[2 * worker + i],))
+                    for i in range(2)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                time.sleep(120)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            seen = mmstats.read_directory(stats_dir).totals().get(("t", ()))
+            if seen is not None and seen.value.count == 1600:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+        def sums() -> set[float]:
+            careful = mmstats.read_directory(stats_dir).totals()[("t", ())].value
+            folded = mmstats._reader.read_totals(stats_dir).totals()[("t", ())].value
+            assert careful.count == folded.count == 1600
+            return {careful.sum, folded.sum}
+
+        # The exact sum of the cells' sums (a thread's cell adds its values
+        # in turn; a thread that ended hands its cell to the next), rounded.
+        [want] = sums()
+        observed = math.fsum(v for plan in plans for v in plan)
+        assert math.isclose(want, observed, rel_tol=1e-12)
+        for pid in pids[:2]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert sums() == {want}
+        mmstats.clean(stats_dir)
+        assert sums() == {want}
+        for pid in pids[2:]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        mmstats.clean(stats_dir)
+        assert sums() == {want}
+        assert not list(stats_dir.glob("*.mmstats"))
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
