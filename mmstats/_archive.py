@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "mmstats-archive.json"
 LOCK_NAME = "mmstats-archive.lock"
-ARCHIVE_VERSION = 1
+# Version 2 writes the slow entries on a line of their own after the rest,
+# so that readers that want no slow entries (show, scrapes) parse only the
+# first line; version 1 (one JSON object) is still read.
+ARCHIVE_VERSION = 2
 SLOW_KEEP = 256
 FOLDED_KEEP_SECONDS = 3600.0
 # A worker's temporary file lives for microseconds; one older than this was
@@ -46,6 +49,7 @@ class Archive:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """Return the archive as one JSON object (version 1's layout)."""
         return {
             "version": ARCHIVE_VERSION,
             "workers": self.workers,
@@ -80,11 +84,17 @@ def _value_to_json(value: Any) -> Any:
     return data
 
 
-def _from_json(data: Any) -> Archive:
+def _from_json(data: Any, slow_entries: Any = ()) -> Archive:
+    """Build an archive from its JSON: ``data`` the whole of a version 1
+    archive, or the first line of a version 2 one with ``slow_entries`` the
+    second (None: not read, the archive then has no slow entries)."""
     from ._reader import HistogramValue, Series, SlowEntry
 
-    if not isinstance(data, dict) or data.get("version") != ARCHIVE_VERSION:
-        raise ValueError("not an mmstats archive of version 1")
+    version = data.get("version") if isinstance(data, dict) else None
+    if version == 1:
+        slow_entries = data["slow"]
+    elif version != ARCHIVE_VERSION:
+        raise ValueError("not an mmstats archive of version 1 or 2")
     series = []
     for item in data["series"]:
         kind = item["kind"]
@@ -124,24 +134,29 @@ def _from_json(data: Any) -> Archive:
             memory_delta=int(e["memory_delta_bytes"]),
             load_delta=float(e["load_delta"]),
         )
-        for e in data["slow"]
+        for e in (slow_entries or ())
     ]
     folded = {str(k): float(v) for k, v in data["folded"].items()}
     return Archive(series, slow, folded, int(data["workers"]))
 
 
-# The archive read last, by file identity: readers that come back (top,
-# serve, the page) parse it again only after a clean has rewritten it.
-_kept: tuple[tuple[Any, ...], Archive] | None = None
+# The archive read last, by file identity, and whether its slow entries
+# were read: readers that come back (top, serve, the page) parse it again
+# only after a clean has rewritten it.
+_kept: tuple[tuple[Any, ...], Archive, bool] | None = None
 
 
-def _keep(identity: tuple[Any, ...], archive: Archive) -> None:
+def _keep(identity: tuple[Any, ...], archive: Archive, slow: bool = True) -> None:
     global _kept
-    _kept = (identity, archive)
+    _kept = (identity, archive, slow)
 
 
-def load_archive(directory: str) -> Archive:
-    """Read the archive of ``directory``; a bad one comes back empty with an error."""
+def load_archive(directory: str, slow: bool = True) -> Archive:
+    """Read the archive of ``directory``; a bad one comes back empty with an error.
+
+    With ``slow`` False its slow entries are left unread (version 2 keeps
+    them on a line of their own) and the archive comes back without them.
+    """
     path = os.path.join(directory, ARCHIVE_NAME)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -153,11 +168,19 @@ def load_archive(directory: str) -> Archive:
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if _kept is not None and _kept[0] == identity:
+            if _kept is not None and _kept[0] == identity and (_kept[2] or not slow):
                 return _kept[1]  # a clean replaces the file: a new inode
-            data = json.loads(f.read(64 * 1024 * 1024))
-        archive = _from_json(data)
-        _keep(identity, archive)
+            raw = f.read(64 * 1024 * 1024)
+        head, _, rest = raw.partition(b"\n")
+        try:
+            data = json.loads(head)
+        except ValueError:  # a version 1 archive written over several lines
+            data, rest = json.loads(raw), b""
+        if slow and rest.strip():
+            archive = _from_json(data, json.loads(rest))
+        else:
+            archive = _from_json(data, None)
+        _keep(identity, archive, slow or data.get("version") == 1)
         return archive
     except (
         ValueError,
@@ -202,7 +225,13 @@ def _write_archive(directory: str, archive: Archive) -> None:
     fd = os.open(tmp, flags, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(archive.to_json(), f, separators=(",", ":"))
+            data = archive.to_json()
+            slow = data.pop("slow")
+            # Two lines, the slow entries last (JSON text holds no newline).
+            json.dump(data, f, separators=(",", ":"))
+            f.write("\n")
+            json.dump(slow, f, separators=(",", ":"))
+            f.write("\n")
             f.flush()
             os.fsync(f.fileno())
         # rename is atomic: a reader sees the old archive or the new one.

@@ -2594,7 +2594,7 @@ def _planned_scan(path: str, want: _Want, final_want: _Want) -> Snapshot | None:
         return None
     if time.monotonic() - plan.oldest > REREAD_FINAL_SECONDS:
         return None
-    archive = load_archive(path)
+    archive = load_archive(path, slow=want.rings != 0)
     if archive.error:
         return None  # the ordinary scan reports it
     kept = _finals.get(final_want, {})
@@ -2683,7 +2683,7 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
     patience.exited = _exited_pidfds()
     for _attempt in range(5):
         listing, stamp = _list_with_inodes(path)
-        archive = load_archive(path)
+        archive = load_archive(path, slow=want.rings != 0)
         workers: list[Worker] = []
         bad: list[BadFile] = []
         vanished = False

@@ -26,6 +26,7 @@ import pytest
 from rich.console import Console
 
 import mmstats
+from mmstats import _archive, _reader
 from mmstats._cli import EXIT_BAD_FILES, EXIT_DIRECTORY, EXIT_EMPTY, CliContext, run
 from mmstats._render import clean_text, show_view
 from tests.workers import (
@@ -606,6 +607,47 @@ class TestClean:
             shown = mmstats_cli("show", "--dir", os.fspath(stats_dir))
             assert row(shown.stdout, "total")[1] == "14"
             assert "1 archived" not in shown.stdout and "2 archived" in shown.stdout
+        finally:
+            workers.stop()
+
+    def test_the_archive_keeps_slow_entries_on_a_line_readers_may_skip(
+        self, stats_dir: Path, worker_script: Path
+    ) -> None:
+        """clean writes the archive as two JSON lines, the slow entries last:
+        a read that wants no slow entries (show, a scrape) parses only the
+        first and has the same totals; slow and json still list the
+        archived entries; an archive of version 1 (one object) still reads
+        the same."""
+        workers = populate(stats_dir, worker_script, hostile=False)
+        try:
+            assert mmstats_cli("clean", "--dir", os.fspath(stats_dir)).returncode == 0
+            path = stats_dir / _archive.ARCHIVE_NAME
+            head, entries, end = path.read_bytes().split(b"\n")
+            assert json.loads(head)["version"] == 2 and "slow" not in json.loads(head)
+            assert end == b"" and len(json.loads(entries)) > 0
+            totals = counter_and_histogram_totals(stats_dir)
+            _reader.drop_caches()  # a first read, as a command makes
+            lean = mmstats.read_directory(stats_dir, slow=False)
+            full = mmstats.read_directory(stats_dir)
+            assert len(full.archive.slow) == len(json.loads(entries))
+            assert lean.archive.slow == []
+            assert lean.totals().keys() == full.totals().keys()
+            assert totals == {
+                k: (
+                    v.value if v.kind == "counter" else (v.value.count, v.value.buckets)
+                )
+                for k, v in lean.totals().items()
+                if v.kind in ("counter", "histogram")
+            }
+            # The same archive as one object, as version 1 wrote it.
+            one = {**json.loads(head), "version": 1, "slow": json.loads(entries)}
+            path.write_text(json.dumps(one, indent=1))
+            again = mmstats.read_directory(stats_dir)
+            assert again.archive.error is None
+            assert again.archive.slow == full.archive.slow
+            assert counter_and_histogram_totals(stats_dir) == totals
+            slow = mmstats_cli("slow", "--dir", os.fspath(stats_dir))
+            assert slow.returncode == 0, slow.stderr
         finally:
             workers.stop()
 
