@@ -241,6 +241,12 @@ class HistogramValue:
         """Return floats whose exact sum is this histogram's exact sum."""
         return [self._sum] if self._sums is None else self._sums
 
+    def compact_sums(self) -> None:
+        """Keep the sums added so far as the few floats that add up to them
+        exactly (see exact_parts): for a value that is added again and again."""
+        if self._sums is not None and len(self._sums) > 2:
+            self._sums = exact_parts(self._sums)
+
     def _add_sum(self, other: HistogramValue) -> None:
         mine = self._sums
         if mine is None:
@@ -2023,6 +2029,11 @@ def aggregate(
         base = {}
         for w in final:
             _add_series(base, w.series, gauges=False)
+        for series in base.values():
+            if series.kind == "histogram":
+                # Every dead worker's cells' sums, added again at each read:
+                # kept as the few floats that add up to them exactly.
+                series.value.compact_sums()
         if key is not None:
             if len(_final_sums) >= 16:  # a reader of a few directories
                 _final_sums.clear()
