@@ -27,7 +27,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -423,28 +423,38 @@ def _observing_child(stats_dir: Path, n: int, ready_w: int, hold_r: int) -> None
     os.read(hold_r, 1)
 
 
-def test_forked_writers_threads_sums_read_the_same_both_ways(stats_dir: Path) -> None:
-    """Real writers: three forked workers, four threads each (a cell each);
-    the scrape's read and the careful read give the very same _sum.  (Which
-    cells' sums round apart depends on their values and file order: the
-    files above show the bug for certain, this one checks real files.)"""
+def _fork_children(
+    stats_dir: Path, n: int, child: Callable[[Path, int, int, int], None]
+) -> tuple[list[int], int, int]:
+    """Fork ``n`` children running ``child(stats_dir, i, ready, hold)``;
+    return their pids, the end their readiness comes on, and the end that
+    holds them until it is closed."""
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
-    pids = []
-    for n in range(3):
+    pids: list[int] = []
+    for i in range(n):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             code = 1
             try:
                 os.close(ready_r)
                 os.close(hold_w)
-                _observing_child(stats_dir, n, ready_w, hold_r)
+                child(stats_dir, i, ready_w, hold_r)
                 code = 0
             finally:
                 os._exit(code)
         pids.append(pid)
     os.close(ready_w)
     os.close(hold_r)
+    return pids, ready_r, hold_w
+
+
+def test_forked_writers_threads_sums_read_the_same_both_ways(stats_dir: Path) -> None:
+    """Real writers: three forked workers, four threads each (a cell each);
+    the scrape's read and the careful read give the very same _sum.  (Which
+    cells' sums round apart depends on their values and file order: the
+    files above show the bug for certain, this one checks real files.)"""
+    pids, ready_r, hold_w = _fork_children(stats_dir, 3, _observing_child)
     try:
         for _ in pids:
             assert os.read(ready_r, 1) == b"r"
@@ -560,23 +570,7 @@ def test_many_watched_workers_killed_read_dead_in_every_threads_next_scan(
     loop.  Five are killed with SIGKILL, three of them reaped and two left
     zombies: every scan begun after they exited reads them dead, the
     others alive, and no count is lost or counted twice."""
-    ready_r, ready_w = os.pipe()
-    hold_r, hold_w = os.pipe()
-    pids: list[int] = []
-    for n in range(12):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                os.close(ready_r)
-                os.close(hold_w)
-                _blocking_child(stats_dir, n, ready_w, hold_r)
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    os.close(ready_w)
-    os.close(hold_r)
+    pids, ready_r, hold_w = _fork_children(stats_dir, 12, _blocking_child)
     victims = pids[1:10:2]
     reaped = set(victims[:3])
     stop = threading.Event()
