@@ -98,12 +98,55 @@ def wants_openmetrics(accept: str | None) -> bool:
     return bool(accept) and "application/openmetrics-text" in (accept or "")
 
 
+# mmstats' own families (gauges), named before any metric's.
+OWN_FAMILIES = (
+    "workers",
+    "archived_workers",
+    "unreadable_files",
+    "directory_problems",
+    "scrape_error",
+)
+
+
+def _names_of(name: str, kind: str) -> tuple[str, ...]:
+    """Return the names a family of this name and kind takes: its own and
+    its samples', in both formats."""
+    if kind == "counter":
+        base = name.removesuffix("_total")
+        return (base, base + "_total", base + "_created")
+    if kind == "histogram":
+        return (
+            name,
+            *(name + end for end in ("_bucket", "_count", "_sum", "_created")),
+        )
+    return (name,)
+
+
 class _Writer:
     """Collects exposition lines for one format."""
 
-    def __init__(self, openmetrics: bool) -> None:
+    def __init__(self, openmetrics: bool, prefix: str) -> None:
         self.openmetrics = openmetrics
+        self.prefix = prefix
         self.lines: list[str] = []
+        # Names taken by a family so far: a name written by two families
+        # makes Prometheus refuse the whole exposition.
+        self.taken: set[str] = set()
+        for own in OWN_FAMILIES:
+            self.taken.update(_names_of(prefix + own, "gauge"))
+
+    def unique(self, name: str, kind: str) -> str:
+        """Return ``name`` for a metric's family, or, when a family already
+        takes one of its names, the name with ``app_`` after the prefix
+        (then with ``_`` added until free), and take its names."""
+        candidate = name
+        if any(n in self.taken for n in _names_of(candidate, kind)):
+            rest = name[len(self.prefix) :] if name.startswith(self.prefix) else name
+            candidate = f"{self.prefix}app_{rest}"
+            while any(n in self.taken for n in _names_of(candidate, kind)):
+                candidate += "_"
+        self.taken.update(_names_of(candidate, kind))
+        return candidate
 
     def family(self, name: str, kind: str, help: str, unit: str = "") -> str:
         """Write HELP and TYPE; return the name its samples use.
@@ -200,7 +243,7 @@ def render(
     ``snapshot`` is None when the directory could not be read; ``error``
     then says why, and the exposition holds only the scrape error gauge.
     """
-    w = _Writer(openmetrics)
+    w = _Writer(openmetrics, prefix)
     if snapshot is not None:
         _render_totals(w, snapshot, prefix)
         _render_gauges(w, snapshot, prefix)
@@ -224,7 +267,12 @@ def _render_totals(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
         group = sorted(by_name[name], key=lambda s: sorted(s.labels.items()))
         first = group[0]
         unit = first.unit if first.kind == "histogram" else ""
-        family = w.family(metric_name(prefix, name), first.kind, first.help, unit)
+        family = w.family(
+            w.unique(metric_name(prefix, name), first.kind),
+            first.kind,
+            first.help,
+            unit,
+        )
         for s in group:
             if s.kind == "counter":
                 w.sample(family, sorted(s.labels.items()), s.value)
@@ -241,7 +289,9 @@ def _render_gauges(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
                 by_name.setdefault(s.name, []).append((worker.pid, s))
     for name in sorted(by_name):
         rows = sorted(by_name[name], key=lambda r: (sorted(r[1].labels.items()), r[0]))
-        family = w.family(metric_name(prefix, name), "gauge", rows[0][1].help)
+        family = w.family(
+            w.unique(metric_name(prefix, name), "gauge"), "gauge", rows[0][1].help
+        )
         sums: dict[tuple[tuple[str, str], ...], float] = {}
         for pid, s in rows:
             labels = sorted(s.labels.items())
@@ -251,7 +301,7 @@ def _render_gauges(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
         if name in HOST_GAUGES:
             continue  # the same host value in every worker: a sum means nothing
         total = w.family(
-            family + "_workers_sum",
+            w.unique(family + "_workers_sum", "gauge"),
             "gauge",
             f"{rows[0][1].help or name}, summed over live workers",
         )

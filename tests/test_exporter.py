@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from werkzeug.test import Client
 import mmstats
 from mmstats_flask import MmStats
 from mmstats_flask.blueprint import make_blueprint
+from tests.system import ensure_program
 from tests.workers import (
     ALIVE_REQUESTS,
     CLOSED_REQUESTS,
@@ -138,6 +140,54 @@ class TestContent:
         assert value(found, "mmstats_dropped_labels_total", metric="jobs") == 3
         assert not [name for name, _ in found if name.startswith("mmstats_mmstats")]
         assert value(found, "mmstats_jobs_total", queue="a") == 1
+
+    def test_names_that_would_clash_get_another_and_prometheus_takes_it_all(
+        self, stats_dir: Path
+    ) -> None:
+        """A metric named like one of mmstats' own families (``workers``),
+        or like another family's samples (a gauge ``x_total`` beside a
+        counter ``x``, ``h_count`` beside a histogram ``h``, ``g_workers_sum``
+        beside a gauge ``g``), is exported under ``mmstats_app_...``: a name
+        written by two families makes Prometheus refuse the whole scrape, as
+        promtool does."""
+        stats = mmstats.Stats(stats_dir, "clash")
+        stats.gauge("workers", "Celery workers").set(5)
+        stats.counter("x", "x").incr(2)
+        stats.gauge("x_total", "x total").set(3)
+        stats.histogram("h_seconds", "h").observe(0.5)
+        stats.gauge("h_seconds_count", "h count").set(4)
+        stats.gauge("g", "g").set(6)
+        stats.gauge("g_workers_sum", "g sum").set(7)
+        promtool = ensure_program("promtool", "prometheus")
+        pid = str(os.getpid())
+        for openmetrics in (False, True):
+            text = mmstats.scrape(stats_dir, openmetrics=openmetrics).decode()
+            if not openmetrics:  # promtool reads the classic format
+                checked = subprocess.run(
+                    [promtool, "check", "metrics"],
+                    input=text,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                said = checked.stdout + checked.stderr
+                # 3: naming advice only (it dislikes _workers_sum); 1: refused
+                assert checked.returncode in (0, 3), said
+                assert "error while linting" not in said
+            found = samples(text, openmetrics)
+            assert value(found, "mmstats_workers", state="alive") == 1
+            assert value(found, "mmstats_app_workers", pid=pid) == 5
+            assert value(found, "mmstats_x_total") == 2
+            assert value(found, "mmstats_app_x_total", pid=pid) == 3
+            assert value(found, "mmstats_h_seconds_count") == 1
+            assert value(found, "mmstats_app_h_seconds_count", pid=pid) == 4
+            assert value(found, "mmstats_g", pid=pid) == 6
+            assert value(found, "mmstats_g_workers_sum") == 6
+            assert value(found, "mmstats_app_g_workers_sum", pid=pid) == 7
+            helps = [
+                line.split()[2] for line in text.splitlines() if line[:6] == "# HELP"
+            ]
+            assert len(helps) == len(set(helps))
 
     def test_gauges_are_per_live_worker_and_summed(
         self, populated: Workers, exposed: dict[tuple[str, Any], float]
