@@ -608,7 +608,8 @@ def slow(app: CliContext, path: str, wide: bool, limit: int, sort: str) -> None:
     if problems:
         console.print(problems)
     if entries:
-        console.print(slow_table(entries, snapshot.read_at, wide))
+        total = len(snapshot.slow()) if limit else None
+        console.print(slow_table(entries, snapshot.read_at, wide, total))
     else:
         console.print("No slow requests recorded.")
     if snapshot.bad:

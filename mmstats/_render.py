@@ -514,13 +514,18 @@ def bad_table(bad: Sequence[BadFile], directory: str) -> Grid:
 # -- slow requests ------------------------------------------------------------
 
 
-def slow_table(entries: Sequence[SlowEntry], now: float, wide: bool) -> Grid:
-    """Return slow requests, one row each, with every recorded field."""
+def slow_table(
+    entries: Sequence[SlowEntry], now: float, wide: bool, total: int | None = None
+) -> Grid:
+    """Return slow requests, one row each, with every recorded field;
+    ``total`` is how many there are when ``entries`` are the first few."""
     caption = (
         "Time: request duration. DB: database time. dMem, dLoad: change of "
         "resident memory and of the 1-minute load average during the request."
     )
-    table = _table(title=f"Slow requests ({len(entries)})", caption=caption)
+    shown = len(entries)
+    count = f"{shown} of {total}" if total is not None and total > shown else str(shown)
+    table = _table(title=f"Slow requests ({count})", caption=caption)
     _txt(table, "End")
     _num(table, "PID")
     if wide:

@@ -36,7 +36,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(
-            f"--listen must be HOST:PORT such as {DEFAULT_LISTEN}, not {listen!r}"
+            f"the address must be HOST:PORT such as {DEFAULT_LISTEN}, not {listen!r}"
         )
     return host.strip("[]"), int(port)
 

@@ -385,9 +385,12 @@ class TestSlow:
         )
 
         got = [(r[0], r[1]) for r in slow_rows(result.stdout)]
-        want = mmstats.read_directory(populated.directory).slow(3, sort="duration")
+        snapshot = mmstats.read_directory(populated.directory)
+        want = snapshot.slow(3, sort="duration")
         assert got == [(e.pid, e.status) for e in want]
-        assert "Slow requests (3)" in result.stdout
+        total = len(snapshot.slow())
+        assert total > 3
+        assert f"Slow requests (3 of {total})" in result.stdout
 
     def test_wide_shows_each_field_in_its_own_column(self, populated: Workers) -> None:
         """--wide has Host, Method, Path, View, Queries, DB, dMem, dLoad columns."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,26 @@ class TestHttp:
 
         listen = next(p for p in cli.commands["serve"].params if p.name == "listen")
         assert listen.default == "127.0.0.1:9301"
+
+    @pytest.mark.parametrize("bad", ["nonsense", "127.0.0.1:", ":9301", "h:99999"])
+    def test_serve_refuses_an_address_that_is_not_host_port(
+        self, stats_dir: Path, bad: str
+    ) -> None:
+        """A bad --listen is a usage error (2) whose last line names the
+        option once and shows the form it wants."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir]
+            + ["--listen", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == (
+            "Error: Invalid value for --listen: the address must be HOST:PORT "
+            f"such as 127.0.0.1:9301, not {bad!r}"
+        )
 
 
 class TestInApp:
