@@ -618,7 +618,9 @@ def series_table(series: Sequence[Series]) -> Grid:
     _txt(table, "Kind")
     _txt(table, "Labels")
     _txt(table, "Unit")
-    _txt(table, "Value")
+    # Numbers are not folded mid-digit: the other columns give way first
+    # (a text value folds all the same, as its cell says).
+    table.add_column("Value", no_wrap=True, min_width=5)
     for s in sorted(series, key=lambda s: (s.name, sorted(s.labels.items()))):
         name = folded(s.name, "bold")
         if s.help:

@@ -28,7 +28,7 @@ from rich.console import Console
 import mmstats
 from mmstats import _archive, _reader
 from mmstats._cli import EXIT_BAD_FILES, EXIT_DIRECTORY, EXIT_EMPTY, CliContext, run
-from mmstats._render import clean_text, show_view
+from mmstats._render import clean_text, dump_view, show_view
 from tests.workers import (
     ALIVE_REQUESTS,
     CLOSED_REQUESTS,
@@ -668,6 +668,33 @@ class TestClean:
 
 
 class TestDump:
+    @pytest.mark.parametrize("width", [60, 80])
+    def test_numbers_are_never_broken_across_lines(
+        self, stats_dir: Path, width: int
+    ) -> None:
+        """At 60 or 80 columns, a value such as a histogram's sum stays on
+        one line: help texts and labels fold instead."""
+        stats = mmstats.Stats(stats_dir, "digits")
+        hist = stats.histogram(
+            "took_seconds", "A help text long enough to need folding " * 3
+        )
+        for _ in range(3):
+            hist.observe(0.1)  # sum 0.30000000000000004
+        stats.counter("c", "c", {"label": "a long label value " * 3}).incr(
+            1234567890123
+        )
+        [worker] = mmstats.read_directory(stats_dir).workers
+        out = io.StringIO()
+        Console(file=out, width=width, color_system=None).print(
+            dump_view(worker, False)
+        )
+        text = out.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= width
+        table = text.split("Series (2)", 1)[1].split("Buckets of", 1)[0]
+        lines = table.splitlines()
+        assert any("sum=0.30000000000000004" in line for line in lines), table
+        assert any("1234567890123" in line for line in lines), table
+
     def test_dump_shows_every_field_of_a_dead_file(self, populated: Workers) -> None:
         """Header fields, every series, every histogram bucket with its bounds,
         the slot held at death and the slow ring are all printed."""
