@@ -230,9 +230,7 @@ def _errors(app: CliContext, traceback: bool) -> Iterator[None]:
 
 def _directory_hint(app: CliContext, exc: DirectoryError) -> str:
     """Say what to do about a stats directory that cannot be read."""
-    given = click.get_current_context(silent=True)
-    passed = given is not None and given.params.get("directory") is not None
-    if passed:
+    if _given_directory() is not None:
         where = "check the --dir you passed"
     elif app.directory is not None:
         where = "it is the app's stats directory setting; pass --dir to read another"
@@ -307,16 +305,33 @@ _STATUS_HELP = "\n".join(f"  {code:<3}  {text}" for code, text in EXIT_STATUSES.
     context_settings=CONTEXT_SETTINGS,
     epilog="\b\nExit status:\n" + _STATUS_HELP,
 )
+@click.option(
+    "--dir",
+    "directory",
+    metavar="DIR",
+    help="Stats directory, for any subcommand (its own --dir wins).",
+)
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, directory: str | None) -> None:
     """Show the stats every worker of a web app writes, from any process.
 
-    The stats directory is --dir, else the app's setting (Django's
-    MMSTATS["DIR"], Flask's MMSTATS_DIR), else $MMSTATS_DIR, else a
-    private per-user default.  Set MMSTATS_TRACEBACK=1 or pass --traceback
-    to see the traceback behind an error.
+    The stats directory is --dir (before or after the subcommand), else the
+    app's setting (Django's MMSTATS["DIR"], Flask's MMSTATS_DIR), else
+    $MMSTATS_DIR, else a private per-user default.  Set MMSTATS_TRACEBACK=1
+    or pass --traceback to see the traceback behind an error.
     """
     _app(ctx)
+
+
+def _given_directory() -> str | None:
+    """Return the --dir given to the subcommand, else to the group, else None."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    given = ctx.params.get("directory")
+    if given is None:
+        given = ctx.find_root().params.get("directory")
+    return given
 
 
 def _app(ctx: click.Context) -> CliContext:
@@ -329,6 +344,8 @@ def _app(ctx: click.Context) -> CliContext:
 
 def _directory(app: CliContext, given: str | None) -> str:
     """Return the stats directory: --dir, the app's, $MMSTATS_DIR or the default."""
+    if given is None:
+        given = _given_directory()
     return resolve_directory(given if given is not None else app.directory)[0]
 
 

@@ -150,6 +150,24 @@ class TestShow:
         else:
             assert "Left out" not in said
 
+    def test_dir_may_come_before_the_subcommand(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``mmstats --dir DIR show`` reads DIR, as ``mmstats show --dir DIR``
+        does; given in both places, the subcommand's wins."""
+        d = os.fspath(populated.directory)
+        before = mmstats_cli("--dir", d, "show")
+        after = mmstats_cli("show", "--dir", d)
+        assert before.returncode == after.returncode == 0, before.stderr
+        requests = row(after.stdout, "total")[1]
+        assert row(before.stdout, "total")[1] == requests
+        missing = os.fspath(tmp_path / "nowhere")
+        both = mmstats_cli("--dir", missing, "show", "--dir", d)
+        assert both.returncode == 0 and row(both.stdout, "total")[1] == requests
+        wrong = mmstats_cli("--dir", missing, "slow")
+        assert wrong.returncode == EXIT_DIRECTORY
+        assert "check the --dir you passed" in wrong.stderr
+
     def test_rows_show_the_counts_each_worker_wrote(self, populated: Workers) -> None:
         """Each worker's row has its requests, status classes, busy count and
         queries per request, as the worker recorded them."""
