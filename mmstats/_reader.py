@@ -2741,6 +2741,8 @@ def _read_directory(directory: str | os.PathLike[str] | None, want: _Want) -> Sn
         and stamp == _directory_stamp(path)
         and (time.time_ns() - max(stamp[1], stamp[2]) > _settled_after(stamp))
     ):
+        if len(_stamps) >= 64 and path not in _stamps:
+            _stamps.clear()  # a reader of a few directories; no growth
         _stamps[path] = stamp
         if not vanished and not archive.error:
             _make_plan(path, stamp, final_want, workers, bad, archive)

@@ -392,6 +392,26 @@ def test_page_queries_with_new_metric_names_do_not_grow_memory(
     assert len(_reader._finals) <= _reader._FINAL_KINDS_MAX
 
 
+def test_a_reader_of_many_directories_keeps_a_bounded_number_of_stamps(
+    tmp_path: Path,
+) -> None:
+    """A long-running reader pointed at directory after directory (a page
+    or an exporter per app, a script walking them all) keeps the stamps of
+    64 at the most, and still reads each one right."""
+    directories = []
+    for i in range(100):
+        directory = tmp_path / f"d{i}"
+        directory.mkdir(mode=0o700)
+        _write(directory / "app.1.aaaa.mmstats", [_metric(1, "n"), _counter(1, i)])
+        directories.append(directory)
+    _quiet(tmp_path)
+    for i, directory in enumerate(directories):
+        totals = mmstats.read_directory(directory).totals()
+        assert totals[("n", ())].value == i
+        assert len(_reader._stamps) <= 64
+    assert os.fspath(directories[-1]) in _reader._stamps
+
+
 # == what held up =====================================================================
 
 
