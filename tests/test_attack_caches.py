@@ -408,7 +408,8 @@ def test_a_reader_of_many_directories_keeps_a_bounded_number_of_stamps(
     for i, directory in enumerate(directories):
         totals = mmstats.read_directory(directory).totals()
         assert totals[("n", ())].value == i
-        assert len(_reader._stamps) <= 64
+        assert len(_reader._stamps) <= 64 and len(_reader._listings) <= 64
+        assert len(_reader._plans) <= 16
     assert os.fspath(directories[-1]) in _reader._stamps
 
 
