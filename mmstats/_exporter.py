@@ -210,7 +210,7 @@ def _in_format3_buckets(hist: HistogramValue, unit: str) -> HistogramValue:
     the same family with format 3's: a family whose series have other
     bounds cannot be added up by ``le``.
     """
-    lo, hi = F.SECONDS_RANGE if unit == "seconds" else F.COUNT_RANGE
+    lo, hi = F.range_for(unit)
     if hist.lo == lo and hist.gamma == F.GAMMA:
         return hist
     moved = HistogramValue(

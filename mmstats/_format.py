@@ -141,6 +141,11 @@ COUNT_RANGE = (0.5, 1e7)
 INTEGER_UNITS = frozenset({"", "count", "queries", "requests", "bytes", "items"})
 
 
+def range_for(unit: str) -> tuple[float, float]:
+    """Return the range a histogram of ``unit`` covers: its ``lo`` and top."""
+    return SECONDS_RANGE if unit == "seconds" else COUNT_RANGE
+
+
 def bucket_count(lo: float, hi: float) -> int:
     """Return how many buckets cover ``lo`` to ``hi`` plus under and overflow."""
     return math.ceil(math.log(hi / lo) / LOG_GAMMA) + 2

@@ -247,7 +247,11 @@ class HistogramValue:
         if self._sums is not None and len(self._sums) > 2:
             self._sums = exact_parts(self._sums)
 
-    def _add_sum(self, other: HistogramValue) -> None:
+    def _add_count_and_sum(self, other: HistogramValue) -> None:
+        """Add ``other``'s count and sum into this one's (the buckets are
+        the caller's)."""
+        if self._count is not None:
+            self._count = None if other._count is None else self._count + other._count
         mine = self._sums
         if mine is None:
             mine = self._sums = [self._sum]
@@ -331,10 +335,7 @@ class HistogramValue:
                 f"Cannot merge histograms with buckets lo={other.lo!r} "
                 f"gamma={other.gamma!r} into lo={self.lo!r} gamma={self.gamma!r}"
             )
-        count = self._count
-        if count is not None:
-            count = None if other._count is None else count + other._count
-        self._add_sum(other)
+        self._add_count_and_sum(other)
         packed, parts, plain = self._state
         opacked, oparts, oplain = other._state
         if oparts and parts + oparts < _PACKED_MAX_PARTS:
@@ -343,7 +344,6 @@ class HistogramValue:
             self._state = (packed + opacked, parts + oparts, plain)
         else:
             _add_into(plain, other.buckets)
-        self._count = count
 
     def merge_moved(self, other: HistogramValue) -> None:
         """Add ``other`` of the same quantity, whatever its buckets.
@@ -362,14 +362,10 @@ class HistogramValue:
         for k, c in other.buckets.items():
             j = min(bisect.bisect_left(bounds, other.representative(k)), n - 1)
             moved[j] = moved.get(j, 0) + c
-        count = self._count
-        if count is not None:
-            count = None if other._count is None else count + other._count
-        self._add_sum(other)
+        self._add_count_and_sum(other)
         packed, parts, plain = self._state
         _add_into(plain, moved)
         self._state = (packed, parts, plain)
-        self._count = count
 
     def same_scheme(self, other: HistogramValue) -> bool:
         """Return whether ``other`` has the same buckets, so they can merge."""

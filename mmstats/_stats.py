@@ -225,7 +225,7 @@ class HistogramSeries(_Series):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        lo, hi = F.SECONDS_RANGE if self.unit == "seconds" else F.COUNT_RANGE
+        lo, hi = F.range_for(self.unit)
         integer = self.unit in F.INTEGER_UNITS
         nbuckets = F.bucket_count(lo, hi)
         self._params = {
