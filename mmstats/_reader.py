@@ -1380,6 +1380,9 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
     head = F.RECORD_HEAD.unpack_from
     metrics, cells = layout.metrics, layout.cells
     R_METRIC, R_CELL, PAYLOAD = F.R_METRIC, F.R_CELL, F.CELL_PAYLOAD  # noqa: N806
+    decoded = _metric_cache
+    # Slices of the mapping itself are bytes, made in one step.
+    raw = b.obj if isinstance(b.obj, (bytes, mmap.mmap)) else bytes(b)
     off = known.used
     new_cells = len(known.cells)  # cells from here on are checked below
     last = -1
@@ -1388,17 +1391,23 @@ def _layout(b: Any, used: int, path: str, key: tuple[Any, ...]) -> _Layout:
         while off < used:
             last = off
             at = off >> 2
-            rtype, rsize = words[at], words[at + 1]
-            if rsize < 8 or rsize % 8 or off + rsize > used:
+            rtype = words[at]
+            rsize = words[at + 1]
+            if rsize < 8 or rsize & 7 or off + rsize > used:
                 raise CorruptFileError(
                     path, f"has a record at byte {off} of bad size {rsize}"
                 )
             if rtype == R_CELL:
                 if rsize < PAYLOAD + 8:
                     raise ValueError(f"cell record at byte {off} is too short")
-                cells.append((words[at + 2], (off + PAYLOAD) // 8, rsize - PAYLOAD))
+                cells.append((words[at + 2], (off + PAYLOAD) >> 3, rsize - PAYLOAD))
             elif rtype == R_METRIC:
-                metrics[words[at + 2]] = _parse_metric(b, off, rsize)
+                # What _parse_metric does, inline for the usual case: a
+                # record decoded before (in this or another worker's file).
+                meta = decoded.get(raw[off + 12 : off + rsize])
+                metrics[words[at + 2]] = (
+                    meta if meta is not None else _parse_metric(b, off, rsize)
+                )
             elif rtype == F.R_SLOT:
                 layout.slots.append((off, rsize))
             elif rtype == F.R_RING:

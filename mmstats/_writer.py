@@ -174,7 +174,18 @@ def process_state(pid: int) -> tuple[str, int]:
 
     ``("", 0)`` when unknown.
     """
-    text = _read_proc(f"/proc/{pid}/stat")
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return "", 0
+    try:
+        # One line of well under a page, whole in one read: a reader asks
+        # this of every live worker.
+        text = os.read(fd, 4096).decode("ascii", "replace")
+    except OSError:
+        return "", 0
+    finally:
+        os.close(fd)
     # The command name in parentheses may hold spaces; fields follow the last ")".
     tail = text.rpartition(")")[2].split()
     try:
