@@ -273,6 +273,32 @@ def _reading_goals(rd: Results | None) -> list[tuple[str, str, str, bool | None]
                     (None if r is None else r < 0.2) if goal else None,
                 )
             )
+    # How far the goals of the cold reads could be reached at all.
+    for reader, what in (
+        (
+            "floor: json.dumps of the json document",
+            "The standard library's `json.dumps` alone of the document"
+            " `mmstats json` prints (made once), the floor of a `mmstats json`",
+        ),
+        (
+            "floor: open, map and close every file",
+            "Opening, mapping and closing every file, nothing parsed, the"
+            " floor of any first read",
+        ),
+    ):
+        mine = ms(reader, base)
+        if mine is None:
+            continue
+        r = _div(mine, collect)
+        rows.append(
+            (
+                f"{what}, vs MultiProcessCollector collect, {n}",
+                f"{_ratio(r)} the time{spread((reader, base), pc)}:"
+                f" {_fmt(mine, 2)} vs {_fmt(collect, 2)} ms",
+                "(no goal; for comparison)",
+                None,
+            )
+        )
     for cmd in ("show", "json"):
         mine = ms(f"mmstats {cmd}", base, "commands")
         theirs = ms("prometheus_client collect + generate_latest", base, "commands")
