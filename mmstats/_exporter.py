@@ -301,7 +301,7 @@ def _render_gauges(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
         if name in HOST_GAUGES:
             continue  # the same host value in every worker: a sum means nothing
         total = w.family(
-            w.unique(family + "_workers_sum", "gauge"),
+            w.unique(family + "_all_workers", "gauge"),
             "gauge",
             f"{rows[0][1].help or name}, summed over live workers",
         )

@@ -316,7 +316,7 @@ class TestMounts:
         # The poll being answered is not a request in flight either.
         assert [t["in_flight"]["sum"] for t in totals] == [0, 0, 0]
         with client.get("/stats/metrics") as response:
-            assert b"\nmmstats_in_flight_workers_sum 0.0\n" in response.data
+            assert b"\nmmstats_in_flight_all_workers 0.0\n" in response.data
         with client.get("/stats/api/json?slow=x") as response:
             assert response.status_code == 400
         with client.get("/stats") as response:  # Flask's redirect is counted
