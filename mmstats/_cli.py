@@ -29,6 +29,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
+from ._archive import ARCHIVE_NAME
 from ._archive import clean as clean_directory
 from ._reader import Snapshot, Worker, list_stats_files, read_directory, read_file
 from ._render import (
@@ -194,6 +195,12 @@ class EmptyDirectory(CliError):
     exit_code = EXIT_EMPTY
 
 
+class CannotListen(CliError):
+    """The address to serve on is taken or not ours (a usage error)."""
+
+    exit_code = EXIT_USAGE
+
+
 class InternalError(CliError):
     """Something failed that is not the user's doing."""
 
@@ -238,6 +245,12 @@ def _directory_hint(app: CliContext, exc: DirectoryError) -> str:
         where = "pass --dir or set MMSTATS_DIR to the directory the app writes to"
     if exc.reason == "does not exist":
         return f"workers create it when they record their first request; {where}."
+    if "permission denied" in exc.reason:
+        # The right directory, most likely: the workers' user made it 0700.
+        return (
+            "read it as the user the app's workers run as (the directory is"
+            " theirs and private), or as root."
+        )
     return f"{where}."
 
 
@@ -434,11 +447,13 @@ def _fail_on_bad_files(
     app: CliContext, snapshot: Snapshot, listed: str = "listed above"
 ) -> None:
     """Fail with status 1 after the output when some files were unreadable."""
-    n = len(snapshot.bad)
-    if n:
-        files = "file" if n == 1 else "files"
+    if snapshot.bad:
+        n = sum(os.path.basename(b.path) != ARCHIVE_NAME for b in snapshot.bad)
+        what = [f"{n} stats file{'' if n == 1 else 's'}"] if n else []
+        if snapshot.archive.error:
+            what.append("the archive")
         raise BadFilesError(
-            f"{n} stats {files} in {snapshot.directory!r} could not be read "
+            f"{' and '.join(what)} in {snapshot.directory!r} could not be read "
             f"({listed}); the other files were shown.",
             app.err,
         )
@@ -767,7 +782,7 @@ def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
     try:
         server = make_stats_server(host, port, path, prefix)
     except OSError as exc:
-        raise click.UsageError(
+        raise CannotListen(
             f"cannot listen on {listen}: {exc.strerror or exc}; pass --listen "
             "HOST:PORT with a free port.",
         ) from None

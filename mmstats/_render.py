@@ -267,7 +267,10 @@ def _headline(snapshot: Snapshot) -> Text:
     line.append_text(safe(snapshot.directory, "bold"))
     n = len(snapshot.workers)
     line.append(f"\n{n} worker{'' if n == 1 else 's'} ({states or 'none'}), ")
-    line.append(f"{snapshot.archive.workers} archived; read at ")
+    if snapshot.archive.error:
+        line.append("the archive unreadable; read at ")  # listed below the tables
+    else:
+        line.append(f"{snapshot.archive.workers} archived; read at ")
     line.append(fmt_time(snapshot.read_at, snapshot.read_at, full=True))
     return line
 

@@ -12,10 +12,12 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -859,6 +861,56 @@ class TestErrors:
 
         assert result.returncode == EXIT_DIRECTORY
         assert "is not a directory" in result.stderr
+
+    def test_a_directory_others_cannot_read_says_whose_it_is(self) -> None:
+        """Run as another user on a worker's private directory, the error
+        points at the user, not at the --dir that was right."""
+        shared = Path(tempfile.mkdtemp(prefix="mmstats-cli-"))
+        try:
+            os.chmod(shared, 0o755)
+            private = shared / "stats"
+            private.mkdir(mode=0o700)
+            mmstats.Stats(private, "private").counter("n", "n").incr()
+            command = [sys.executable, "-m", "mmstats._cli", "show"]
+            if os.getuid() == 0:  # root reads anything: be somebody else
+                command = ["setpriv", "--reuid=65534", "--regid=65534"]
+                command += ["--clear-groups", sys.executable, "-m", "mmstats._cli"]
+                command += ["show"]
+            else:
+                os.chmod(private, 0)
+            result = subprocess.run(
+                [*command, "--dir", os.fspath(private)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=ROOT,
+            )
+        finally:
+            os.chmod(shared / "stats", 0o700)
+            shutil.rmtree(shared, ignore_errors=True)
+        assert result.returncode == EXIT_DIRECTORY, result.stderr
+        assert result.stderr.splitlines() == [
+            f"Error: Stats directory {os.fspath(private)!r} cannot be read"
+            " (permission denied); read it as the user the app's workers run as"
+            " (the directory is theirs and private), or as root."
+        ]
+
+    def test_an_unreadable_archive_is_named_as_the_archive(
+        self, stats_dir: Path
+    ) -> None:
+        """A rotten archive is not counted as a stats file, and the headline
+        does not claim that nothing was archived."""
+        mmstats.Stats(stats_dir, "kept").counter("n", "n").incr()
+        (stats_dir / _archive.ARCHIVE_NAME).write_text("{rotten")
+        (stats_dir / "junk.1.a.mmstats").write_bytes(b"junk" * 2000)
+        result = mmstats_cli("show", "--dir", os.fspath(stats_dir))
+
+        assert result.returncode == EXIT_BAD_FILES
+        assert "1 worker (1 alive), the archive unreadable; read at" in result.stdout
+        assert result.stderr.splitlines() == [
+            f"Error: 1 stats file and the archive in {os.fspath(stats_dir)!r} could"
+            " not be read (listed above); the other files were shown."
+        ]
 
     def test_missing_directory_from_the_environment(self, tmp_path: Path) -> None:
         """Without --dir, MMSTATS_DIR names the directory."""

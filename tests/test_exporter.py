@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -345,6 +346,26 @@ class TestHttp:
             "Error: Invalid value for --listen: the address must be HOST:PORT "
             f"such as 127.0.0.1:9301, not {bad!r}"
         )
+
+    def test_serve_on_a_busy_port_says_so_in_one_line(self, stats_dir: Path) -> None:
+        """An address already in use is a usage error (2) told in one line,
+        without click's usage text."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            listen = f"127.0.0.1:{taken.getsockname()[1]}"
+            result = subprocess.run(
+                [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir]
+                + ["--listen", listen],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            f"Error: cannot listen on {listen}: Address already in use; pass"
+            " --listen HOST:PORT with a free port."
+        ]
 
 
 class TestInApp:
