@@ -580,7 +580,7 @@ def dump_view(w: Worker, now: float) -> RenderableType:
     parts: list[RenderableType] = [header_table(w), series_table(w.series)]
     for s in w.series:
         if isinstance(s.value, HistogramValue):
-            parts.append(bucket_table(s))
+            parts += [bucket_table(s), bucket_summary(s)]
     parts.append(slot_table(w.slots, now))
     parts.append(slow_dump_table(w.slow))
     return Group(*parts)
@@ -643,7 +643,7 @@ def _value(s: Series) -> Text:
     value = s.value
     # Exact: a float as its shortest repr, which reads back to the same value.
     if isinstance(value, HistogramValue):
-        return Text(f"count={value.count}\nsum={value.sum!r}")
+        return Text(f"count={value.count}\nsum={_exact_sum(value)}")
     if isinstance(value, str):
         return folded(repr(value))
     if isinstance(value, float):
@@ -651,33 +651,59 @@ def _value(s: Series) -> Text:
     return Text(str(value))
 
 
+def _exact_sum(hist: HistogramValue) -> str:
+    """Return a histogram's sum exactly: a whole sum of counts without
+    ".0", any other as the shortest repr of its float."""
+    total = hist.sum
+    if hist.integer and total.is_integer():
+        return str(int(total))
+    return repr(total)
+
+
 def bucket_table(s: Series) -> Grid:
-    """Return every non-empty bucket of a histogram with its bounds."""
+    """Return every non-empty bucket of a histogram with its bounds.
+
+    A histogram of counts (whole numbers) gives the whole numbers each
+    bucket holds; any other the bounds, above the lower and up to the upper.
+    """
     hist: HistogramValue = s.value
     title = Text("Buckets of ")
     title.append_text(safe(s.name))
     if s.labels:
         title.append_text(safe("{" + _labels(s.labels) + "}"))
     unit = clean_text(s.unit) or "value"
+    table = _table(title=title)
+    _num(table, "Bucket")
+    _num(table, f"From ({unit})" if hist.integer else f"Above ({unit})")
+    _num(table, f"To ({unit})" if hist.integer else f"Up to ({unit})")
+    _num(table, "Count")
+    for k in sorted(hist.buckets):
+        low, high = hist.bounds(k)
+        if hist.integer:
+            # Counts are never negative: bucket 0 holds the zeros.
+            first = 0 if k == 0 else math.floor(low) + 1
+            row = [str(first), str(math.floor(high))]
+        else:
+            row = [f"{low:.6g}", f"{high:.6g}"]
+        table.add_row(str(k), *row, str(hist.buckets[k]))
+    if not hist.buckets:
+        table.add_row(DASH, DASH, DASH, "0")
+    return table
+
+
+def bucket_summary(s: Series) -> Text:
+    """Return the line under a bucket table: totals, quantiles and scheme."""
+    hist: HistogramValue = s.value
+    unit = clean_text(s.unit) or "value"
     quantiles = " ".join(
         f"{name}={_g(hist.quantile(q))}"
         for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
     )
-    caption = (
-        f"count={hist.count} sum={hist.sum!r} {quantiles} ({unit}); "
-        f"lo={hist.lo:g} gamma={hist.gamma:g} integer={hist.integer}"
+    return Text(
+        f"count={hist.count} sum={_exact_sum(hist)} {quantiles} ({unit});"
+        f" lo={hist.lo:g} gamma={hist.gamma:g} integer={hist.integer}",
+        style="dim",
     )
-    table = _table(title=title, caption=caption)
-    _num(table, "Bucket")
-    _num(table, f"Above ({unit})")
-    _num(table, f"Up to ({unit})")
-    _num(table, "Count")
-    for k in sorted(hist.buckets):
-        low, high = hist.bounds(k)
-        table.add_row(str(k), f"{low:.6g}", f"{high:.6g}", str(hist.buckets[k]))
-    if not hist.buckets:
-        table.add_row(DASH, DASH, DASH, "0")
-    return table
 
 
 def _g(value: float | None) -> str:

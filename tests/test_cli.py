@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -750,11 +751,24 @@ class TestDump:
             if series.kind != "histogram":
                 continue
             section = out.split(f"Buckets of {series.name}", 1)[1]
-            for k, count in series.value.buckets.items():
-                low, high = series.value.bounds(k)
-                bounds = rf"{re.escape(f'{low:.6g}')}\s+{re.escape(f'{high:.6g}')}"
+            hist = series.value
+            for k, count in hist.buckets.items():
+                low, high = hist.bounds(k)
+                if hist.integer:  # the whole numbers the bucket holds
+                    first = 0 if k == 0 else math.floor(low) + 1
+                    bounds = rf"{first}\s+{math.floor(high)}"
+                    assert first <= math.floor(high), (series.name, k)
+                else:
+                    bounds = rf"{re.escape(f'{low:.6g}')}\s+{re.escape(f'{high:.6g}')}"
                 line = rf"^\s*{k}\s+{bounds}\s+{count}\s*$"
                 assert re.search(line, section, re.M), (series.name, k)
+            summary = section.split("count=", 1)[1].split(" ", 2)
+            assert summary[0] == str(hist.count)
+            if hist.integer:
+                assert summary[1] == f"sum={int(hist.sum)}", summary
+        assert any(s.kind == "histogram" and s.value.integer for s in worker.series), (
+            "the dead worker has a histogram of counts to show"
+        )
         slots = out.split("Slots in use (1)", 1)[1]
         assert "POST" in slots and "/checkout/42" in slots and "shop.checkout" in slots
         assert "Slow ring (2 entries)" in out
