@@ -102,7 +102,7 @@
   function fmtDuration(s) {
     if (s === null || s === undefined || !isFinite(s)) return "\u2013";
     var abs = Math.abs(s);
-    if (abs === 0) return "0";
+    if (abs === 0) return "0 s";
     if (abs < 0.001) return (s * 1e6).toFixed(0) + " \u00b5s";
     if (abs < 1) return trimZeros((s * 1000).toPrecision(3)) + " ms";
     if (abs < 60) return trimZeros(s.toFixed(abs < 10 ? 2 : 1)) + " s";
@@ -451,7 +451,8 @@
         return [cell("dead", w, head, "dead", "no request in flight",
           "last request " + (w.heartbeat ? fmtClock(w.heartbeat) : "never"), title)];
       }
-      var last = w.heartbeat ? "idle, last request " + fmtAgo(doc.read_at - w.heartbeat) : "idle, no request yet";
+      // Short enough for the narrowest card; the title has the time.
+      var last = w.heartbeat ? "idle for " + fmtDuration(Math.max(0, doc.read_at - w.heartbeat)) : "idle, no request yet";
       return [cell("idle", w, head, "idle", last, info, title)];
     }
     return slots.map(function (slot) {
