@@ -230,7 +230,16 @@ def show_view(
         parts.append(problems)
     shown = [w for w in snapshot.workers if w.state != "dead"]
     dead = [w for w in snapshot.workers if w.state == "dead"]
-    parts.append(worker_table(snapshot, shown, wide, rates))
+    if snapshot.workers or snapshot.archive.workers:
+        parts.append(worker_table(snapshot, shown, wide, rates))
+    else:  # an empty table says less (top waits on a directory like this)
+        parts.append(
+            Text(
+                "No workers yet: each writes its file when it records its"
+                " first request.",
+                style="dim",
+            )
+        )
 
     busy = [(w, s) for w in shown if w.state in LIVE_STATES for s in w.slots]
     if busy:

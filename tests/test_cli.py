@@ -290,6 +290,20 @@ class TestTop:
         assert row(second, str(populated.pids["alive"]))[4] == "0.0"
         assert row(second, "total")[1] == "15"
 
+    def test_top_on_an_empty_directory_says_what_it_waits_for(
+        self, stats_dir: Path
+    ) -> None:
+        """No workers yet: a line saying when they appear, not an empty
+        table between two rules."""
+        result = mmstats_cli("top", "--iterations", "1", "--dir", os.fspath(stats_dir))
+
+        assert result.returncode == 0, result.stderr
+        assert "0 workers (none), 0 archived" in result.stdout
+        assert "No workers yet: each writes its file when it records its first" in (
+            result.stdout
+        )
+        assert "─" not in result.stdout and "PID" not in result.stdout
+
     @pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
     def test_q_or_ctrl_c_quits_and_restores_the_terminal(
         self, populated: Workers, key: bytes
