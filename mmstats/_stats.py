@@ -656,11 +656,12 @@ class Stats:
             reg.warned.add(name)
             log.warning(
                 "Metric %r reached its cap of %d label sets; further values go "
-                "to labels %r=%r.",
+                "to the series {%s} and are counted in "
+                "mmstats_dropped_labels{metric=%r}.",
                 name,
                 self._label_limit,
-                [k for k, _ in labels],
-                OVERFLOW,
+                ", ".join(f"{k}={OVERFLOW!r}" for k, _ in labels),
+                name,
             )
         dropped_key = ("mmstats_dropped_labels", (("metric", name),))
         dropped = cast("CounterSeries | None", reg.series.get(dropped_key))

@@ -210,6 +210,11 @@ class TestLabelCap:
             r for r in caplog.records if "cap of 3 label sets" in r.getMessage()
         ]
         assert len(warnings) == 1
+        assert warnings[0].getMessage() == (
+            "Metric 'hits' reached its cap of 3 label sets; further values go to"
+            " the series {user='_overflow'} and are counted in"
+            " mmstats_dropped_labels{metric='hits'}."
+        )
 
     def test_default_cap_is_100(self, stats_dir: Path) -> None:
         """Without a setting, 100 label sets are kept per metric."""
