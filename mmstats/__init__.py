@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._recorder import RequestRecorder, current_request, exception_name, record_query
+from ._recorder import (
+    RequestRecorder,
+    current_request,
+    exception_name,
+    record_query,
+    set_view,
+)
 from ._stats import (
     Counter,
     CounterSeries,
@@ -130,4 +136,5 @@ __all__ = [
     "record_query",
     "resolve_directory",
     "scrape",
+    "set_view",
 ]

@@ -65,6 +65,16 @@ def record_query(seconds: float) -> None:
         request.add_query(seconds)
 
 
+def set_view(view: str) -> None:
+    """Name the view serving the current request, at once also in its slot.
+
+    For apps with their own routing; outside a request it does nothing.
+    """
+    request = _current.get()
+    if request is not None:
+        request.set_view(view)
+
+
 def current_request() -> Request | None:
     """Return the request being recorded in this context, if any."""
     return _current.get()

@@ -323,6 +323,29 @@ class TestSlots:
         assert after.slots == []
         assert after.value("in_flight") == 0
 
+    def test_set_view_names_the_view_of_a_request_still_served(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """An app that routes by itself names its view in the slot at once
+        with mmstats.set_view; outside a request the call does nothing."""
+        mmstats.set_view("nowhere")  # no request: nothing to name
+        seen: list[mmstats.Worker] = []
+
+        def app(
+            environ: Environ, start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            mmstats.set_view("reports.slow")
+            seen.append(this_worker(stats_dir))
+            return hello(environ, start_response)
+
+        Client(record(app)).get("/reports/slow", buffered=True)
+
+        [slot] = seen[0].slots
+        assert (slot.path, slot.view) == ("/reports/slow", "reports.slow")
+        after = this_worker(stats_dir)
+        assert after.value("view_requests", {"view": "reports.slow"}) == 1
+        assert after.value("view_requests", {"view": "nowhere"}) is None
+
 
 class TestStreaming:
     def test_list_body_goes_to_the_server_unwrapped_and_ends_on_close(
