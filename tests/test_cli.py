@@ -1124,6 +1124,32 @@ class TestDjangoCommand:
         assert missing.stderr.strip().count("\n") == 0
         assert "does not exist" in missing.stderr
 
+    def test_django_options_may_follow_the_subcommand(self, populated: Workers) -> None:
+        """``--settings``, ``--traceback``, ``-v 2`` and ``--no-color`` work
+        after the subcommand as before it; the settings named are the ones
+        read."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DJANGO_SETTINGS_MODULE", "MMSTATS_DIR")
+        }
+        env["MMSTATS_TEST_DJANGO_DIR"] = os.fspath(populated.directory)
+        env["PYTHONPATH"] = os.fspath(ROOT)
+        shown = subprocess.run(
+            [sys.executable, "-m", "django", "mmstats", "show", "--wide"]
+            + ["--settings=tests.django_settings", "--traceback", "-v", "2"]
+            + ["--no-color"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+        assert shown.returncode == 0, shown.stderr
+        assert row(shown.stdout, "total")[1] == "15"
+        assert "\x1b[" not in shown.stdout
+
 
 # -- Flask --------------------------------------------------------------------
 

@@ -82,8 +82,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: str, **options: Any) -> None:
         prog = getattr(self, "_prog", "manage.py mmstats")
+        given, options = _django_options(list(args), options)
         try:
-            status = invoke(list(args) or ["--help"], self._context(options), prog)
+            status = invoke(given or ["--help"], self._context(options), prog)
         except (click.ClickException, click.exceptions.Abort, MmstatsError) as exc:
             raise _command_error(exc, prog) from None
         if status:
@@ -100,6 +101,46 @@ class Command(BaseCommand):
             traceback=bool(options.get("traceback")),
             no_color=bool(options.get("no_color")),
         )
+
+
+# Django's own options, which its users also put after the subcommand
+# (``manage.py mmstats show --settings=site.prod``): Django has read
+# --settings and --pythonpath from anywhere on the line already; the others
+# are taken here, as they are before the subcommand.
+_DJANGO_VALUED = {"--settings", "--pythonpath", "--verbosity", "-v"}
+_DJANGO_FLAGS = {
+    "--traceback": "traceback",
+    "--no-color": "no_color",
+    "--force-color": "force_color",
+    "--skip-checks": "skip_checks",
+}
+
+
+def _django_options(
+    args: list[str], options: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """Return the arguments for mmstats, without Django's own options, and
+    the options with those flags set."""
+    given: list[str] = []
+    options = dict(options)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            given += args[i:]  # what follows is mmstats', as it stands
+            break
+        if name in _DJANGO_FLAGS and "=" not in arg:
+            options[_DJANGO_FLAGS[name]] = True
+        elif name in _DJANGO_VALUED:
+            if "=" not in arg:
+                i += 1  # the value is the next argument
+        elif arg.startswith("-v") and arg[2:].isdigit():
+            pass  # -v2
+        else:
+            given.append(arg)
+        i += 1
+    return given, options
 
 
 def _command_error(exc: Exception, prog: str) -> CommandError:
