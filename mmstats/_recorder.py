@@ -424,6 +424,8 @@ class RequestRecorder:
     :param slow_seconds: requests at least this long go into the slow ring;
         0 records every request.
     :param slow_log_size: entries in the slow ring.
+    :param directory_source: what set ``directory``, named in the warning when
+        it is unusable (say ``"MMSTATS['DIR'] in your settings"``).
     :raises ValueError: an option is bad (see :func:`check_options`).
     """
 
@@ -435,11 +437,14 @@ class RequestRecorder:
         slow_seconds: float = DEFAULT_SLOW_SECONDS,
         slow_log_size: int = DEFAULT_SLOW_LOG_SIZE,
         label_limit: int = 100,
+        directory_source: str | None = None,
     ) -> None:
         check_options(directory, name, slow_seconds, slow_log_size, label_limit)
         self.slow_seconds = float(slow_seconds)
         self.slow_log_size = slow_log_size
-        self.stats = stats = Stats(directory, name, label_limit=label_limit)
+        self.stats = stats = Stats(
+            directory, name, label_limit=label_limit, directory_source=directory_source
+        )
         self._writer = stats._writer
 
         self.requests = stats.counter("requests", "Requests finished")

@@ -113,6 +113,7 @@ def _recorder(
                 slow_seconds=slow,
                 slow_log_size=size,
                 label_limit=limit,
+                directory_source="app.config['MMSTATS_DIR']",
             ),
         )
     return recorder

@@ -98,6 +98,7 @@ class StatsMiddleware:
                 slow_seconds=slow_seconds,
                 slow_log_size=slow_log_size,
                 label_limit=label_limit,
+                directory_source="StatsMiddleware's directory argument",
             )
         except ValueError as exc:
             raise _bad_argument(str(exc)) from None

@@ -453,6 +453,26 @@ class TestSetup:
         assert [get(client, p) for p in ("/", "/boom", "/stream/1")] == [200, 500, 200]
         assert not_a_dir.read_text() == ""
 
+    def test_unusable_directory_warning_names_the_config_key(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The warning says to fix app.config['MMSTATS_DIR'], even with
+        MMSTATS_DIR set in the environment."""
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("")
+        monkeypatch.setenv("MMSTATS_DIR", os.fspath(tmp_path))
+        app = create_app(not_a_dir)
+
+        assert app.test_client().get("/").status_code == 200
+        assert (
+            f"cannot use {os.fspath(not_a_dir)!r}: {os.fspath(not_a_dir)!r} is not a "
+            "directory; set app.config['MMSTATS_DIR'] to a writable directory you "
+            "own." in caplog.text
+        )
+
     def test_flask_mmstats_command_is_registered(self, app: Flask) -> None:
         """init_app adds the ``flask mmstats`` command group."""
         assert "mmstats" in app.cli.commands

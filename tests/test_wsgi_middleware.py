@@ -639,6 +639,60 @@ class TestStatsFailures:
         with pytest.raises(mmstats.DirectoryError):
             mmstats.read_directory(not_a_dir)
 
+    @pytest.mark.parametrize(
+        ("given", "advice"),
+        [
+            ("argument", "set StatsMiddleware's directory argument to"),
+            ("environment", "set the MMSTATS_DIR environment variable to"),
+        ],
+    )
+    def test_warning_names_where_the_directory_came_from(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+        given: str,
+        advice: str,
+    ) -> None:
+        """The warning says to fix what gave the directory: the argument, or
+        MMSTATS_DIR when no argument was given."""
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("")
+        monkeypatch.setenv("MMSTATS_DIR", os.fspath(not_a_dir))
+        directory = not_a_dir if given == "argument" else None
+        client = Client(StatsMiddleware(hello, directory, "advice"))
+
+        assert client.get("/", buffered=True).status_code == 200
+        [warning] = [
+            r.getMessage() for r in caplog.records if "Stats are off" in r.getMessage()
+        ]
+        path = os.fspath(not_a_dir)
+        assert warning == (
+            f"Stats are off for pid {os.getpid()}: cannot use {path!r}: {path!r} is "
+            f"not a directory; {advice} a writable directory you own."
+        )
+
+    def test_warning_names_the_private_default(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Without argument and MMSTATS_DIR, the warning says the directory
+        is the private default and that MMSTATS_DIR chooses another."""
+        runtime = tmp_path / "runtime"
+        runtime.write_text("")
+        monkeypatch.delenv("MMSTATS_DIR", raising=False)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", os.fspath(runtime))
+        client = Client(StatsMiddleware(hello, name="advice"))
+
+        assert client.get("/", buffered=True).status_code == 200
+        default = os.fspath(runtime / "mmstats")
+        assert (
+            f"cannot use {default!r}, the private default: Not a directory; set "
+            "MMSTATS_DIR to a writable directory you own." in caplog.text
+        )
+
     def test_full_disk_while_growing_never_fails_a_request(
         self,
         record: Callable[..., StatsMiddleware],
