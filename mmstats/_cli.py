@@ -81,11 +81,14 @@ class CliContext:
     :param directory: the stats directory of the host app (Django's
         ``MMSTATS["DIR"]``, Flask's ``MMSTATS_DIR``); ``None`` falls back to
         ``MMSTATS_DIR`` and then to the private default.
+    :param missing_hint: what else to check when the stats directory does not
+        exist (under Django: that the middleware is in ``MIDDLEWARE``).
     """
 
     out: IO[str]
     err: IO[str]
     directory: str | None = None
+    missing_hint: str | None = None
     traceback: bool = False
     no_color: bool = False
 
@@ -244,7 +247,10 @@ def _directory_hint(app: CliContext, exc: DirectoryError) -> str:
     else:
         where = "pass --dir or set MMSTATS_DIR to the directory the app writes to"
     if exc.reason == "does not exist":
-        return f"workers create it when they record their first request; {where}."
+        created = "workers create it when they record their first request"
+        if app.missing_hint:
+            created = f"{created} ({app.missing_hint})"
+        return f"{created}; {where}."
     if "permission denied" in exc.reason:
         # The right directory, most likely: the workers' user made it 0700.
         return (

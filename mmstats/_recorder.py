@@ -388,12 +388,55 @@ class _Bindings:
         self.heartbeat = _NO_HEADER if header is None else header.d
 
 
+def _bad(option: str, value: object, rule: str) -> ValueError:
+    return ValueError(f"{option} must be {rule}, not {value!r}")
+
+
+def check_options(
+    directory: object,
+    name: object,
+    slow_seconds: object,
+    slow_log_size: object,
+    label_limit: object,
+) -> None:
+    """Check the options of a recorder, by the rules the adapters apply.
+
+    :raises ValueError: an option is bad; the message names the option, its
+        rule and its value.
+    """
+    if directory is not None and not isinstance(directory, str | os.PathLike):
+        raise _bad("directory", directory, "a path")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise _bad("name", name, "a non-empty str")
+    if (
+        isinstance(slow_seconds, bool)
+        or not isinstance(slow_seconds, int | float)
+        or slow_seconds < 0
+    ):
+        raise _bad("slow_seconds", slow_seconds, "a number >= 0")
+    if (
+        isinstance(slow_log_size, bool)
+        or not isinstance(slow_log_size, int)
+        or not 1 <= slow_log_size <= 100_000
+    ):
+        raise _bad("slow_log_size", slow_log_size, "an int from 1 to 100000")
+    if (
+        isinstance(label_limit, bool)
+        or not isinstance(label_limit, int)
+        or label_limit < 1
+    ):
+        raise _bad("label_limit", label_limit, "an int >= 1")
+
+
 class RequestRecorder:
     """Record requests of this process into its stats file.
 
     :param slow_seconds: requests at least this long go into the slow ring;
         0 records every request.
     :param slow_log_size: entries in the slow ring.
+    :param directory_source: what set ``directory``, named in the warning when
+        it is unusable (say ``"MMSTATS['DIR'] in your settings"``).
+    :raises ValueError: an option is bad (see :func:`check_options`).
     """
 
     def __init__(
@@ -404,26 +447,14 @@ class RequestRecorder:
         slow_seconds: float = DEFAULT_SLOW_SECONDS,
         slow_log_size: int = DEFAULT_SLOW_LOG_SIZE,
         label_limit: int = 100,
+        directory_source: str | None = None,
     ) -> None:
-        if (
-            isinstance(slow_seconds, bool)
-            or not isinstance(slow_seconds, int | float)
-            or slow_seconds < 0
-        ):
-            raise ValueError(
-                f"slow_seconds must be a number >= 0, not {slow_seconds!r}"
-            )
-        if (
-            isinstance(slow_log_size, bool)
-            or not isinstance(slow_log_size, int)
-            or not 1 <= slow_log_size <= 100_000
-        ):
-            raise ValueError(
-                f"slow_log_size must be an int from 1 to 100000, not {slow_log_size!r}"
-            )
+        check_options(directory, name, slow_seconds, slow_log_size, label_limit)
         self.slow_seconds = float(slow_seconds)
         self.slow_log_size = slow_log_size
-        self.stats = stats = Stats(directory, name, label_limit=label_limit)
+        self.stats = stats = Stats(
+            directory, name, label_limit=label_limit, directory_source=directory_source
+        )
         self._writer = stats._writer
 
         self.requests = stats.counter("requests", "Requests finished")

@@ -499,6 +499,8 @@ class Stats:
     :meth:`histogram` and :meth:`text` for names known only at run time.
     The directory comes from ``directory``, else ``MMSTATS_DIR``, else a
     private per-user default; the file is created on the first write.
+    ``directory_source`` names what set ``directory`` (say
+    ``"app.config['MMSTATS_DIR']"``) in the warning when it is unusable.
     """
 
     _fields: ClassVar[dict[str, _Field]] = {}
@@ -530,10 +532,11 @@ class Stats:
         name: str | None = None,
         *,
         label_limit: int = DEFAULT_LABEL_LIMIT,
+        directory_source: str | None = None,
     ) -> None:
         if not isinstance(label_limit, int) or label_limit < 1:
             raise ValueError(f"label_limit must be a positive int, not {label_limit!r}")
-        self._writer = get_writer(directory, name)
+        self._writer = get_writer(directory, name, directory_source)
         self._registry = _registry(self._writer)
         self._label_limit = label_limit
         for attr, field in self._fields.items():

@@ -283,9 +283,14 @@ class _ThreadToken:
 class FileWriter:
     """The stats file of this process for one directory and app name."""
 
-    def __init__(self, directory: str, private: bool, name: str) -> None:
+    def __init__(
+        self, directory: str, private: bool, name: str, source: str | None = None
+    ) -> None:
         self.directory = directory
         self.private = private
+        # What sets the directory, named in the warning when it is unusable;
+        # None for the private default.
+        self.source = source
         self.name = name
         self.lock = threading.Lock()
         self.generation = 0
@@ -389,12 +394,22 @@ class FileWriter:
 
     def _disable(self, path: str, reason: str) -> None:
         self.disabled = reason
+        if self.source is None:
+            log.warning(
+                "Stats are off for pid %d: cannot use %r, the private default: "
+                "%s; set MMSTATS_DIR to a writable directory you own.",
+                os.getpid(),
+                path,
+                reason,
+            )
+            return
         log.warning(
-            "Stats are off for pid %d: cannot use %r: %s; set MMSTATS_DIR to a "
-            "writable directory you own.",
+            "Stats are off for pid %d: cannot use %r: %s; set %s to a writable "
+            "directory you own.",
             os.getpid(),
             path,
             reason,
+            self.source,
         )
 
     def _write_header(self, chunk: _Chunk) -> None:
@@ -616,17 +631,30 @@ _writers_lock = threading.Lock()
 
 
 def get_writer(
-    directory: str | os.PathLike[str] | None, name: str | None
+    directory: str | os.PathLike[str] | None,
+    name: str | None,
+    directory_source: str | None = None,
 ) -> FileWriter:
-    """Return the process's writer for a directory and app name, making it once."""
+    """Return the process's writer for a directory and app name, making it once.
+
+    ``directory_source`` names what set ``directory`` (a setting, a config
+    key), for the warning when the directory is unusable; the writer keeps
+    the one it was made with.
+    """
     path, private = resolve_directory(directory)
+    if directory is not None:
+        source: str | None = directory_source or "the directory argument"
+    elif not private:
+        source = "the MMSTATS_DIR environment variable"
+    else:
+        source = None
     key = (path, safe_name(name) if name else default_name())
     writer = _writers.get(key)
     if writer is None:
         with _writers_lock:
             writer = _writers.get(key)
             if writer is None:
-                writer = FileWriter(path, private, key[1])
+                writer = FileWriter(path, private, key[1], source)
                 _writers[key] = writer
     return writer
 

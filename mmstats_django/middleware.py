@@ -55,6 +55,7 @@ def get_recorder(config: conf.Config) -> RequestRecorder:
                 slow_seconds=config.slow_seconds,
                 slow_log_size=config.slow_log_size,
                 label_limit=config.label_limit,
+                directory_source="MMSTATS['DIR'] in your settings",
             ),
         )
     return recorder

@@ -7,7 +7,8 @@
 
 Config keys: ``MMSTATS_DIR``, ``MMSTATS_NAME``,
 ``MMSTATS_SLOW_REQUEST_SECONDS``, ``MMSTATS_SLOW_LOG_SIZE``,
-``MMSTATS_LABEL_LIMIT`` and ``MMSTATS_ENABLED``.
+``MMSTATS_LABEL_LIMIT`` and ``MMSTATS_ENABLED``; any other ``MMSTATS_`` key
+is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "MMSTATS_ENABLED": True,
 }
 
+# Environment variables of the command line, which a config loaded from
+# the environment may hold: known, and unused by the extension.
+IGNORED = ("MMSTATS_TRACEBACK",)
+
 _recorders: dict[tuple[Any, ...], RequestRecorder] = {}
 
 
@@ -50,6 +55,19 @@ class _State:
 
 def _bad(key: str, value: Any, rule: str) -> ValueError:
     return ValueError(f"{key} must be {rule}, not {value!r}; fix it in app.config.")
+
+
+def _check_keys(config: Any) -> None:
+    """Refuse a ``MMSTATS_*`` key the extension does not know: a misspelt one
+    would otherwise be ignored without a word."""
+    for key in config:
+        if not isinstance(key, str) or key in DEFAULTS or key in IGNORED:
+            continue
+        if key == "MMSTATS" or key.startswith("MMSTATS_"):
+            raise ValueError(
+                f"Unknown config key {key!r}; known MMSTATS keys are "
+                f"{', '.join(DEFAULTS)}; fix it in app.config."
+            )
 
 
 def _number(
@@ -95,6 +113,7 @@ def _recorder(
                 slow_seconds=slow,
                 slow_log_size=size,
                 label_limit=limit,
+                directory_source="app.config['MMSTATS_DIR']",
             ),
         )
     return recorder
@@ -110,7 +129,8 @@ class MmStats:
     def init_app(self, app: Flask) -> None:
         """Wrap ``app.wsgi_app`` and connect the view and exception hooks.
 
-        :raises ValueError: a ``MMSTATS_*`` config value is bad.
+        :raises ValueError: a ``MMSTATS_*`` config key is unknown or its
+            value is bad.
         :raises RuntimeError: the extension is already set up on ``app``.
         """
         if "mmstats" in app.extensions:
@@ -118,6 +138,7 @@ class MmStats:
                 f"MmStats is already set up on app {app.name!r}; call init_app "
                 "once per app."
             )
+        _check_keys(app.config)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = app.config

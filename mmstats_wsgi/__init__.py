@@ -48,6 +48,10 @@ def _raw_path(environ: dict[str, Any]) -> bytes:
         return b""
 
 
+def _bad_argument(problem: str) -> ValueError:
+    return ValueError(f"{problem}; fix this argument of StatsMiddleware.")
+
+
 class StatsMiddleware:
     """Record each request of ``app``: count, status, time, queries, slot.
 
@@ -62,6 +66,7 @@ class StatsMiddleware:
     :param slow_log_size: entries in the slow ring.
     :param label_limit: label sets per metric (views, exception classes).
     :param recorder: a recorder to share; the other options are then unused.
+    :raises ValueError: an argument is bad; the message names it.
     """
 
     def __init__(
@@ -75,14 +80,28 @@ class StatsMiddleware:
         label_limit: int = 100,
         recorder: RequestRecorder | None = None,
     ) -> None:
+        if not callable(app):
+            raise _bad_argument(f"app must be a WSGI application, not {app!r}")
         self.app = app
-        self.recorder = recorder or RequestRecorder(
-            directory,
-            name,
-            slow_seconds=slow_seconds,
-            slow_log_size=slow_log_size,
-            label_limit=label_limit,
-        )
+        if recorder is not None:
+            if not isinstance(recorder, RequestRecorder):
+                raise _bad_argument(
+                    f"recorder must be a RequestRecorder, not {recorder!r}"
+                )
+            self.recorder = recorder
+            return
+
+        try:
+            self.recorder = RequestRecorder(
+                directory,
+                name,
+                slow_seconds=slow_seconds,
+                slow_log_size=slow_log_size,
+                label_limit=label_limit,
+                directory_source="StatsMiddleware's directory argument",
+            )
+        except ValueError as exc:
+            raise _bad_argument(str(exc)) from None
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse

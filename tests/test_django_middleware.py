@@ -646,6 +646,28 @@ class TestSettings:
         assert statuses == [200, 500, 200]
         assert not_a_dir.read_text() == ""
 
+    def test_unusable_directory_warning_names_the_setting(
+        self,
+        settings: SettingsWrapper,
+        tmp_path: Path,
+        client: Client,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The warning says to fix MMSTATS['DIR'], which overrides MMSTATS_DIR
+        in the environment."""
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("")
+        monkeypatch.setenv("MMSTATS_DIR", os.fspath(tmp_path))
+        settings.MMSTATS = {"DIR": os.fspath(not_a_dir)}
+
+        assert client.get("/ok/").status_code == 200
+        assert (
+            f"cannot use {os.fspath(not_a_dir)!r}: {os.fspath(not_a_dir)!r} is not a "
+            "directory; set MMSTATS['DIR'] in your settings to a writable directory "
+            "you own." in caplog.text
+        )
+
 
 def test_recorder_shared_per_configuration(stats: Path) -> None:
     """Middleware built twice with one configuration shares one recorder."""

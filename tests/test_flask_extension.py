@@ -397,6 +397,45 @@ class TestSetup:
         ):
             create_app(stats_dir, **{key: value})
 
+    @pytest.mark.parametrize(
+        "key", ["MMSTATS_SLOW_SECONDS", "MMSTATS_DIRECTORY", "MMSTATS_enabled"]
+    )
+    def test_unknown_config_key_is_named_with_the_known_ones(
+        self, stats_dir: Path, key: str
+    ) -> None:
+        """A misspelt MMSTATS_* key fails init_app in one line that names it
+        and lists the known keys."""
+        with pytest.raises(ValueError) as refused:
+            create_app(stats_dir, **{key: 1})
+
+        message = str(refused.value)
+        assert message == (
+            f"Unknown config key {key!r}; known MMSTATS keys are MMSTATS_DIR, "
+            "MMSTATS_NAME, MMSTATS_SLOW_REQUEST_SECONDS, MMSTATS_SLOW_LOG_SIZE, "
+            "MMSTATS_LABEL_LIMIT, MMSTATS_ENABLED; fix it in app.config."
+        )
+
+    def test_django_style_settings_dict_is_refused(self, stats_dir: Path) -> None:
+        """A Django-style MMSTATS dict in app.config is named, not ignored."""
+        with pytest.raises(ValueError, match=r"^Unknown config key 'MMSTATS'; "):
+            create_app(stats_dir, MMSTATS={"DIR": os.fspath(stats_dir)})
+
+    def test_keys_from_the_environment_are_accepted(
+        self, stats_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Keys loaded with from_prefixed_env, and the command line's
+        MMSTATS_TRACEBACK, pass init_app; the documented ones take effect."""
+        monkeypatch.setenv("FLASK_MMSTATS_DIR", os.fspath(stats_dir))
+        monkeypatch.setenv("FLASK_MMSTATS_SLOW_LOG_SIZE", "7")
+        monkeypatch.setenv("FLASK_MMSTATS_TRACEBACK", "1")
+        app = Flask(__name__)
+        app.config.from_prefixed_env()
+        MmStats(app)
+
+        assert app.config["MMSTATS_TRACEBACK"] == 1
+        assert app.extensions["mmstats"].directory == os.fspath(stats_dir)
+        assert app.extensions["mmstats"].recorder.slow_log_size == 7
+
     def test_disabled_extension_records_nothing(self, stats_dir: Path) -> None:
         """MMSTATS_ENABLED False leaves the app alone; no stats file appears."""
         app = create_app(stats_dir, MMSTATS_ENABLED=False)
@@ -413,6 +452,26 @@ class TestSetup:
 
         assert [get(client, p) for p in ("/", "/boom", "/stream/1")] == [200, 500, 200]
         assert not_a_dir.read_text() == ""
+
+    def test_unusable_directory_warning_names_the_config_key(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The warning says to fix app.config['MMSTATS_DIR'], even with
+        MMSTATS_DIR set in the environment."""
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("")
+        monkeypatch.setenv("MMSTATS_DIR", os.fspath(tmp_path))
+        app = create_app(not_a_dir)
+
+        assert app.test_client().get("/").status_code == 200
+        assert (
+            f"cannot use {os.fspath(not_a_dir)!r}: {os.fspath(not_a_dir)!r} is not a "
+            "directory; set app.config['MMSTATS_DIR'] to a writable directory you "
+            "own." in caplog.text
+        )
 
     def test_flask_mmstats_command_is_registered(self, app: Flask) -> None:
         """init_app adds the ``flask mmstats`` command group."""

@@ -589,6 +589,62 @@ class TestErrors:
         assert worker.value("exceptions", {"exception": "RuntimeError"}) == 1
 
 
+class TestArguments:
+    @pytest.mark.parametrize(
+        ("argument", "value", "rule"),
+        [
+            ("directory", 5, "a path"),
+            ("directory", b"/run/stats", "a path"),
+            ("name", "", "a non-empty str"),
+            ("name", 3, "a non-empty str"),
+            ("slow_seconds", -1, "a number >= 0"),
+            ("slow_seconds", "1", "a number >= 0"),
+            ("slow_seconds", True, "a number >= 0"),
+            ("slow_log_size", 0, "an int from 1 to 100000"),
+            ("slow_log_size", 100_001, "an int from 1 to 100000"),
+            ("slow_log_size", 2.5, "an int from 1 to 100000"),
+            ("label_limit", 0, "an int >= 1"),
+            ("label_limit", True, "an int >= 1"),
+            ("label_limit", "100", "an int >= 1"),
+        ],
+    )
+    def test_bad_argument_is_a_value_error_naming_it(
+        self, stats_dir: Path, argument: str, value: Any, rule: str
+    ) -> None:
+        """A bad argument fails at once, in one line naming it, its rule and
+        its value; no stats file is made."""
+        options: dict[str, Any] = {"directory": stats_dir, argument: value}
+        with pytest.raises(ValueError) as bad:
+            StatsMiddleware(hello, **options)
+
+        assert str(bad.value) == (
+            f"{argument} must be {rule}, not {value!r}; fix this argument of "
+            "StatsMiddleware."
+        )
+        assert list(stats_dir.iterdir()) == []
+
+    def test_app_and_recorder_are_checked(self) -> None:
+        """An app that is not callable, or a recorder that is not a
+        RequestRecorder, is named."""
+        with pytest.raises(ValueError, match=r"^app must be a WSGI application, "):
+            StatsMiddleware(None)  # type: ignore[arg-type]
+        with pytest.raises(
+            ValueError,
+            match=r"^recorder must be a RequestRecorder, not '/run/stats'; fix ",
+        ):
+            StatsMiddleware(hello, recorder="/run/stats")  # type: ignore[arg-type]
+
+    def test_limits_and_a_path_object_are_accepted(self, stats_dir: Path) -> None:
+        """The bounds of each range are allowed, and so is a Path directory."""
+        wrapped = StatsMiddleware(
+            hello, stats_dir, "edges", slow_seconds=0, slow_log_size=1, label_limit=1
+        )
+        assert Client(wrapped).get("/", buffered=True).status_code == 200
+        assert this_worker(stats_dir).value("requests") == 1
+        # Constructed only: a request would allocate the whole ring.
+        StatsMiddleware(hello, stats_dir, "edges", slow_log_size=100_000)
+
+
 class TestStatsFailures:
     def test_unusable_directory_never_fails_a_request(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -605,6 +661,60 @@ class TestStatsFailures:
         assert "Stats are off" in caplog.text
         with pytest.raises(mmstats.DirectoryError):
             mmstats.read_directory(not_a_dir)
+
+    @pytest.mark.parametrize(
+        ("given", "advice"),
+        [
+            ("argument", "set StatsMiddleware's directory argument to"),
+            ("environment", "set the MMSTATS_DIR environment variable to"),
+        ],
+    )
+    def test_warning_names_where_the_directory_came_from(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+        given: str,
+        advice: str,
+    ) -> None:
+        """The warning says to fix what gave the directory: the argument, or
+        MMSTATS_DIR when no argument was given."""
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("")
+        monkeypatch.setenv("MMSTATS_DIR", os.fspath(not_a_dir))
+        directory = not_a_dir if given == "argument" else None
+        client = Client(StatsMiddleware(hello, directory, "advice"))
+
+        assert client.get("/", buffered=True).status_code == 200
+        [warning] = [
+            r.getMessage() for r in caplog.records if "Stats are off" in r.getMessage()
+        ]
+        path = os.fspath(not_a_dir)
+        assert warning == (
+            f"Stats are off for pid {os.getpid()}: cannot use {path!r}: {path!r} is "
+            f"not a directory; {advice} a writable directory you own."
+        )
+
+    def test_warning_names_the_private_default(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Without argument and MMSTATS_DIR, the warning says the directory
+        is the private default and that MMSTATS_DIR chooses another."""
+        runtime = tmp_path / "runtime"
+        runtime.write_text("")
+        monkeypatch.delenv("MMSTATS_DIR", raising=False)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", os.fspath(runtime))
+        client = Client(StatsMiddleware(hello, name="advice"))
+
+        assert client.get("/", buffered=True).status_code == 200
+        default = os.fspath(runtime / "mmstats")
+        assert (
+            f"cannot use {default!r}, the private default: Not a directory; set "
+            "MMSTATS_DIR to a writable directory you own." in caplog.text
+        )
 
     def test_full_disk_while_growing_never_fails_a_request(
         self,

@@ -23,6 +23,7 @@ from django.core.management.base import (
 from mmstats import MmstatsError
 from mmstats.cli import EXIT_USAGE, CliContext, invoke, subcommand_help
 
+from ...checks import MIDDLEWARE_PATH
 from ...conf import get_config
 
 
@@ -98,6 +99,7 @@ class Command(BaseCommand):
             out=_Stream(self.stdout),  # type: ignore[arg-type]
             err=_Stream(self.stderr),  # type: ignore[arg-type]
             directory=get_config().directory,
+            missing_hint=f"check that {MIDDLEWARE_PATH!r} is in MIDDLEWARE",
             traceback=bool(options.get("traceback")),
             no_color=bool(options.get("no_color")),
         )
