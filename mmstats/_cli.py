@@ -88,19 +88,28 @@ class CliContext:
     traceback: bool = False
     no_color: bool = False
 
-    def console(self, wide: bool = False) -> Console:
-        """Return a console on ``out``: 80 columns, or wide with ``--wide``."""
+    def width(self, wide: bool = False) -> int:
+        """Return the output's width now: 80 columns, or wide with ``--wide``.
+
+        Asked again on every refresh of ``top``, which follows the terminal
+        when it is resized.
+        """
         terminal = _isatty(self.out)
-        no_color = self.no_color or "NO_COLOR" in os.environ or not terminal
         columns = shutil.get_terminal_size((NARROW_WIDTH, 24)).columns
         if wide:
             width = columns if terminal else WIDE_WIDTH
         else:
             width = min(columns, NARROW_WIDTH) if terminal else NARROW_WIDTH
+        return max(width, 40)
+
+    def console(self, wide: bool = False) -> Console:
+        """Return a console on ``out``: 80 columns, or wide with ``--wide``."""
+        terminal = _isatty(self.out)
+        no_color = self.no_color or "NO_COLOR" in os.environ or not terminal
         return _Console(
             # Piped, lines lose the spaces that pad them to the table's width.
             file=self.out if terminal else cast(IO[str], _Trimmed(self.out)),
-            width=max(width, 40),
+            width=self.width(wide),
             no_color=no_color,
             color_system="auto" if terminal and not no_color else None,
             markup=False,
@@ -489,7 +498,7 @@ def top(
                 path, wide, interval, iterations, keys.wait, console.is_terminal
             )
             if console.is_terminal:
-                _live(console, frames)
+                _live(console, frames, lambda: app.width(wide))
             else:
                 for n, frame in enumerate(frames):
                     if n:
@@ -499,7 +508,9 @@ def top(
         return
 
 
-def _live(console: Console, frames: Iterator[RenderableType]) -> None:
+def _live(
+    console: Console, frames: Iterator[RenderableType], width: Callable[[], int]
+) -> None:
     with Live(
         console=console,
         auto_refresh=False,
@@ -508,6 +519,9 @@ def _live(console: Console, frames: Iterator[RenderableType]) -> None:
         vertical_overflow="crop",
     ) as live:
         for frame in frames:
+            # A terminal made narrower would wrap lines laid out for the
+            # old width, and the redraw in place would leave them behind.
+            console.width = width()
             live.update(frame, refresh=True)
 
 

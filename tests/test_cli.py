@@ -318,6 +318,62 @@ class TestTop:
         assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
         assert output.endswith(b"\x1b[?25h") or b"\x1b[?25h" in output[-200:]
 
+    def test_a_resized_terminal_gets_frames_of_its_new_width(
+        self, populated: Workers
+    ) -> None:
+        """After the terminal is made narrower (SIGWINCH), each new frame of
+        top is laid out for the new width, so no line wraps and the redraw
+        in place stays aligned."""
+        import fcntl
+        import pty
+        import select
+        import struct
+        import termios
+
+        def resize(fd: int, pid: int, columns: int) -> None:
+            size = struct.pack("HHHH", 40, columns, 0, 0)
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+            os.kill(pid, signal.SIGWINCH)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # the child: run top on the pty
+            # COLUMNS would fix the width; a shell does not export it.  It is
+            # set below os.environ in a test run, hence an environment given.
+            env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+            argv = ["top", "--interval", "0.1", "--dir", os.fspath(populated.directory)]
+            os.execve(
+                sys.executable, [sys.executable, "-m", "mmstats._cli", *argv], env
+            )
+        output, deadline = b"", time.monotonic() + 60
+        try:
+            resize(fd, pid, 100)
+            frames_after = None
+            while time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.1)[0]:
+                    output += os.read(fd, 65536)
+                frames = output.count(b"Stats directory")
+                if frames_after is None and frames >= 2:
+                    resize(fd, pid, 50)
+                    frames_after = frames
+                elif frames_after is not None and frames >= frames_after + 4:
+                    break
+            os.write(fd, b"q")
+            os.waitpid(pid, 0)
+        finally:
+            os.close(fd)
+
+        # Frame frames_after + 1 may have been drawn before the resize, and
+        # the last one may be cut short: the two between are checked.
+        plain = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", output).decode(errors="replace")
+        frames_drawn = plain.replace("\r", "").split("Stats directory")
+        assert frames_after is not None and len(frames_drawn) > frames_after + 4
+        for frame in frames_drawn[frames_after + 2 : frames_after + 4]:
+            assert "PID" in frame and "total" in frame, frame
+            widths = [len(line) for line in ("Stats directory" + frame).split("\n")]
+            assert max(widths) <= 50, frame
+
     @staticmethod
     def _drive(pid: int, fd: int, key: bytes) -> tuple[bytes, int | None]:
         """Read top's output until a refresh shows rates, press ``key``, wait."""
