@@ -13,9 +13,15 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from mmstats.cli import CliContext, MmstatsGroup, cli
+from mmstats.cli import EXIT_USAGE, CliContext, MmstatsGroup, cli
 
 __all__ = ["mmstats_command"]
+
+
+class _ConfigError(click.ClickException):
+    """A bad ``MMSTATS_DIR`` in the app's config: one line, status 2."""
+
+    exit_code = EXIT_USAGE
 
 
 @click.group(
@@ -33,6 +39,12 @@ def mmstats_command(ctx: click.Context) -> None:
     $MMSTATS_DIR, else a private per-user default.
     """
     directory = current_app.config.get("MMSTATS_DIR")
+    # The app need not use MmStats (the command comes by an entry point), so
+    # nothing has checked the value yet.
+    if directory is not None and not isinstance(directory, str | os.PathLike):
+        raise _ConfigError(
+            f"MMSTATS_DIR must be a path, not {directory!r}; fix it in app.config."
+        )
     ctx.obj = CliContext(
         out=sys.stdout,
         err=sys.stderr,

@@ -1131,6 +1131,37 @@ class TestFlaskCommand:
         assert runner.invoke(mmstats_command, ["show"]).exit_code == EXIT_DIRECTORY
         assert runner.invoke(mmstats_command, ["show", "--bogus"]).exit_code == 2
 
+    @pytest.mark.parametrize("value", [123, b"/run/stats"], ids=["int", "bytes"])
+    def test_a_bad_mmstats_dir_in_the_config_is_one_line_and_status_2(
+        self, value: object, tmp_path: Path
+    ) -> None:
+        """An app that does not use MmStats gets the command all the same (an
+        entry point), with nothing having checked MMSTATS_DIR: a value that is
+        not a path is named in one line, status 2, not a TypeError."""
+        (tmp_path / "bad_dir_app.py").write_text(
+            "from flask import Flask\n"
+            "app = Flask(__name__)\n"
+            f"app.config['MMSTATS_DIR'] = {value!r}\n"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([os.fspath(tmp_path), os.fspath(ROOT)]),
+        }
+        flask = Path(sys.executable).with_name("flask")
+        result = subprocess.run(
+            [os.fspath(flask), "--app", "bad_dir_app", "mmstats", "show"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"Error: MMSTATS_DIR must be a path, not {value!r}; fix it in app.config.\n"
+        )
+
     def test_flask_cli_finds_the_command(
         self, populated: Workers, tmp_path: Path
     ) -> None:
