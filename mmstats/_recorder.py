@@ -398,7 +398,7 @@ class RequestRecorder:
         if (
             isinstance(slow_seconds, bool)
             or not isinstance(slow_seconds, int | float)
-            or slow_seconds < 0
+            or not slow_seconds >= 0  # NaN too: no request would ever be slow
         ):
             raise ValueError(
                 f"slow_seconds must be a number >= 0, not {slow_seconds!r}"
