@@ -15,8 +15,10 @@ import logging
 import os
 import select
 import shutil
+import signal
 import sys
 import termios
+import threading
 import time
 import traceback as tb
 import tty
@@ -493,7 +495,7 @@ def top(
     """
     console = app.console(wide)
     try:
-        with _Keys() as keys:
+        with _die_of_signals_unwound(), _Keys() as keys:
             frames = _frames(
                 path, wide, interval, iterations, keys.wait, console.is_terminal
             )
@@ -506,6 +508,45 @@ def top(
                     console.print(frame)
     except KeyboardInterrupt:
         return
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while top ran (BaseException, as Ctrl-C's)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _die_of_signals_unwound() -> Iterator[None]:
+    """Die of SIGTERM or SIGHUP only after the terminal is restored.
+
+    Their default action ends the process at once, leaving the terminal in
+    cbreak mode with no echo and the cursor hidden (``timeout 60 mmstats
+    top``, a ``kill``).  Raised as an exception they unwind the redraw and
+    the key reader first; then the process dies of the signal as before.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+    saved: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            saved[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    except _Terminated as exc:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        os.kill(os.getpid(), exc.signum)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def _live(

@@ -8,6 +8,7 @@ way users run it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -317,6 +318,50 @@ class TestTop:
         assert status == 0, output[-2000:]
         assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
         assert output.endswith(b"\x1b[?25h") or b"\x1b[?25h" in output[-200:]
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+    def test_terminated_top_restores_the_terminal_then_dies_of_the_signal(
+        self, populated: Workers, signum: signal.Signals
+    ) -> None:
+        """SIGTERM or SIGHUP (``timeout 60 mmstats top``, a ``kill``) end top
+        as before, by the signal, but only after the terminal is back in
+        canonical mode with echo and the cursor shown."""
+        import pty
+        import select
+        import termios
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # the child: run top on the pty, signals at their default
+            for default in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(default, signal.SIG_DFL)
+            argv = ["top", "--interval", "0.2", "--dir", os.fspath(populated.directory)]
+            os.execv(sys.executable, [sys.executable, "-m", "mmstats._cli", *argv])
+        output, status = b"", None
+        try:
+            deadline = time.monotonic() + 60
+            while b"Req/s" not in output and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.2)[0]:
+                    output += os.read(fd, 65536)
+            os.kill(pid, signum)
+            while status is None and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.2)[0]:
+                    with contextlib.suppress(OSError):
+                        output += os.read(fd, 65536)
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = os.waitstatus_to_exitcode(raw)
+            attrs = termios.tcgetattr(fd)
+        finally:
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+
+        assert status == -signum, output[-2000:]
+        assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
+        assert b"\x1b[?25h" in output[-200:]
 
     def test_a_resized_terminal_gets_frames_of_its_new_width(
         self, populated: Workers
