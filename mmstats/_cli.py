@@ -335,14 +335,18 @@ def cli(ctx: click.Context, directory: str | None) -> None:
 
 
 def _given_directory() -> str | None:
-    """Return the --dir given to the subcommand, else to the group, else None."""
+    """Return the --dir given to the subcommand, else to a group, else None.
+
+    The group is not always the root: ``flask mmstats`` is a group under
+    flask's own.
+    """
     ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None
-    given = ctx.params.get("directory")
-    if given is None:
-        given = ctx.find_root().params.get("directory")
-    return given
+    while ctx is not None:
+        given = ctx.params.get("directory")
+        if given is not None:
+            return cast(str, given)
+        ctx = ctx.parent
+    return None
 
 
 def _app(ctx: click.Context) -> CliContext:

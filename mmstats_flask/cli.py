@@ -30,14 +30,21 @@ class _ConfigError(click.ClickException):
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=cli.epilog,
 )
+@click.option(
+    "--dir",
+    "directory",
+    metavar="DIR",
+    help="Stats directory, for any subcommand (its own --dir wins).",
+)
 @with_appcontext
 @click.pass_context
-def mmstats_command(ctx: click.Context) -> None:
+def mmstats_command(ctx: click.Context, directory: str | None) -> None:
     """Show the stats every worker of this app writes (see `mmstats --help`).
 
     The stats directory is --dir, else the app's MMSTATS_DIR, else
     $MMSTATS_DIR, else a private per-user default.
     """
+    # The subcommands find a --dir given here themselves.
     directory = current_app.config.get("MMSTATS_DIR")
     # The app need not use MmStats (the command comes by an entry point), so
     # nothing has checked the value yet.

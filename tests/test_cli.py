@@ -1089,6 +1089,22 @@ class TestDjangoCommand:
             populated.pids.values()
         )
 
+    def test_dir_may_come_before_the_subcommand(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``manage.py mmstats --dir DIR show`` reads DIR, as ``mmstats`` does;
+        a --dir after the subcommand wins.  Django's parser refused it."""
+        from django.core.management import call_command
+
+        d = os.fspath(populated.directory)
+        before, both = io.StringIO(), io.StringIO()
+        call_command("mmstats", "--dir", d, "show", stdout=before)
+        missing = os.fspath(tmp_path / "missing")
+        call_command("mmstats", "--dir", missing, "show", "--dir", d, stdout=both)
+
+        assert row(before.getvalue(), "total")[1] == "15"
+        assert row(both.getvalue(), "total")[1] == "15"
+
     def test_errors_become_command_errors(self, tmp_path: Path) -> None:
         """A missing directory and a usage error raise one-line CommandErrors
         with the CLI's exit statuses."""
@@ -1162,6 +1178,28 @@ class TestFlaskCommand:
 
         assert result.exit_code == 0, result.output
         assert row(result.output, "total")[1] == "15"
+
+    def test_dir_may_come_before_the_subcommand(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``flask mmstats --dir DIR show`` reads DIR over the app's config, as
+        ``mmstats --dir DIR show`` does; a --dir after the subcommand wins."""
+        from flask import Flask
+
+        from mmstats_flask.cli import mmstats_command
+
+        app = Flask("cli_test")
+        app.config["MMSTATS_DIR"] = os.fspath(tmp_path / "missing")
+        runner = app.test_cli_runner()
+        d = os.fspath(populated.directory)
+        before = runner.invoke(mmstats_command, ["--dir", d, "show"])
+        missing = os.fspath(tmp_path / "missing")
+        both = runner.invoke(mmstats_command, ["--dir", missing, "show", "--dir", d])
+
+        assert before.exit_code == 0, before.output
+        assert row(before.output, "total")[1] == "15"
+        assert both.exit_code == 0, both.output
+        assert row(both.output, "total")[1] == "15"
 
     def test_flask_command_exit_statuses(self, tmp_path: Path) -> None:
         """Errors keep the CLI's exit statuses under flask."""
