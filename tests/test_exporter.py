@@ -309,7 +309,9 @@ class TestHttp:
         listen = next(p for p in cli.commands["serve"].params if p.name == "listen")
         assert listen.default == "127.0.0.1:9301"
 
-    @pytest.mark.parametrize("bad", ["nonsense", "127.0.0.1:", ":9301", "h:99999"])
+    @pytest.mark.parametrize(
+        "bad", ["nonsense", "127.0.0.1:", ":9301", "[]:9301", "h:99999"]
+    )
     def test_serve_refuses_an_address_that_is_not_host_port(
         self, stats_dir: Path, bad: str
     ) -> None:
