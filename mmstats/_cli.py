@@ -361,6 +361,14 @@ def _directory(app: CliContext, given: str | None) -> str:
     """Return the stats directory: --dir, the app's, $MMSTATS_DIR or the default."""
     if given is None:
         given = _given_directory()
+    if given == "":
+        # An unset variable (--dir "$STATS"), not the current directory,
+        # which clean would fold and leave a lock file in.
+        raise click.BadParameter(
+            "the stats directory must not be empty; pass the directory the app "
+            "writes to",
+            param_hint="--dir",
+        )
     return resolve_directory(given if given is not None else app.directory)[0]
 
 

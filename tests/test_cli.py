@@ -952,6 +952,30 @@ class TestErrors:
         )
         assert "Traceback" not in result.stderr
 
+    @pytest.mark.parametrize("where", ["after", "before"])
+    def test_an_empty_dir_is_a_usage_error_not_the_current_directory(
+        self, tmp_path: Path, where: str
+    ) -> None:
+        """``--dir ""`` (an unset variable: ``--dir "$STATS"``) is refused
+        with status 2; it was read as the current directory, where clean
+        created a lock file and would fold any stats file."""
+        args = ["clean", "--dir", ""] if where == "after" else ["--dir", "", "clean"]
+        result = subprocess.run(
+            [sys.executable, "-m", "mmstats._cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": os.fspath(ROOT)},
+        )
+
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.strip().splitlines()[-1] == (
+            "Error: Invalid value for --dir: the stats directory must not be "
+            "empty; pass the directory the app writes to"
+        )
+        assert list(tmp_path.iterdir()) == []
+
     def test_not_a_directory_is_status_3(self, tmp_path: Path) -> None:
         """A regular file given as the directory: status 3."""
         plain = tmp_path / "file"
