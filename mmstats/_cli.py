@@ -624,6 +624,18 @@ def _rates(before: Snapshot, after: Snapshot, seconds: float) -> Rates:
     return Rates(per_worker, total, seconds)
 
 
+def _in_foreground(fd: int) -> bool:
+    """Return whether this process is in the terminal's foreground.
+
+    A background job (``mmstats top > log &``) that changed the terminal's
+    mode would be stopped by SIGTTOU: it reads no keys, as ``top -b``.
+    """
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+
+
 class _Keys:
     """Read single key presses from a terminal on stdin while top runs.
 
@@ -640,7 +652,7 @@ class _Keys:
             fd = sys.stdin.fileno()
         except (AttributeError, ValueError, OSError):
             return self
-        if os.isatty(fd):
+        if os.isatty(fd) and _in_foreground(fd):
             self.saved = termios.tcgetattr(fd)
             self.fd = fd
             tty.setcbreak(fd)

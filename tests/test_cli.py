@@ -363,6 +363,51 @@ class TestTop:
         assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
         assert b"\x1b[?25h" in output[-200:]
 
+    def test_top_in_a_background_job_runs_without_touching_the_terminal(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``mmstats top --iterations 2 > log &`` from a terminal prints its
+        refreshes and exits; changing the terminal's mode from a background
+        process group had it stopped by SIGTTOU before its first frame."""
+        import pty
+        import select
+
+        log = tmp_path / "top.log"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # a session on the pty, as a shell is, with a job
+            job = os.fork()
+            if job == 0:
+                os.setpgid(0, 0)  # its own process group: in the background
+                out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(out, 1)
+                argv = ["top", "--iterations", "2", "--interval", "0.1"]
+                argv += ["--dir", os.fspath(populated.directory)]
+                os.execv(sys.executable, [sys.executable, "-m", "mmstats._cli", *argv])
+            _, raw = os.waitpid(job, os.WUNTRACED)
+            if os.WIFSTOPPED(raw):
+                os.kill(job, signal.SIGKILL)
+                os._exit(10 + os.WSTOPSIG(raw))
+            os._exit(os.waitstatus_to_exitcode(raw))
+        status, deadline = None, time.monotonic() + 60
+        try:
+            while status is None and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.2)[0]:
+                    with contextlib.suppress(OSError):
+                        os.read(fd, 65536)
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = os.waitstatus_to_exitcode(raw)
+        finally:
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+
+        assert status == 0, f"exit {status} (10 + n: stopped by signal n)"
+        assert log.read_text().count("Stats directory") == 2
+
     def test_a_resized_terminal_gets_frames_of_its_new_width(
         self, populated: Workers
     ) -> None:
