@@ -837,12 +837,17 @@ def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
     Counters and histograms are summed over every worker and the archive;
     gauges are given per live worker.  Runs until interrupted.
     """
+    from ._exporter import check_prefix
     from ._serve import make_stats_server, parse_listen
 
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        check_prefix(prefix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from None
     try:
         server = make_stats_server(host, port, path, prefix)
     except OSError as exc:
