@@ -15,8 +15,10 @@ import logging
 import os
 import select
 import shutil
+import signal
 import sys
 import termios
+import threading
 import time
 import traceback as tb
 import tty
@@ -92,19 +94,28 @@ class CliContext:
     traceback: bool = False
     no_color: bool = False
 
-    def console(self, wide: bool = False) -> Console:
-        """Return a console on ``out``: 80 columns, or wide with ``--wide``."""
+    def width(self, wide: bool = False) -> int:
+        """Return the output's width now: 80 columns, or wide with ``--wide``.
+
+        Asked again on every refresh of ``top``, which follows the terminal
+        when it is resized.
+        """
         terminal = _isatty(self.out)
-        no_color = self.no_color or "NO_COLOR" in os.environ or not terminal
         columns = shutil.get_terminal_size((NARROW_WIDTH, 24)).columns
         if wide:
             width = columns if terminal else WIDE_WIDTH
         else:
             width = min(columns, NARROW_WIDTH) if terminal else NARROW_WIDTH
+        return max(width, 40)
+
+    def console(self, wide: bool = False) -> Console:
+        """Return a console on ``out``: 80 columns, or wide with ``--wide``."""
+        terminal = _isatty(self.out)
+        no_color = self.no_color or "NO_COLOR" in os.environ or not terminal
         return _Console(
             # Piped, lines lose the spaces that pad them to the table's width.
             file=self.out if terminal else cast(IO[str], _Trimmed(self.out)),
-            width=max(width, 40),
+            width=self.width(wide),
             no_color=no_color,
             color_system="auto" if terminal and not no_color else None,
             markup=False,
@@ -343,14 +354,18 @@ def cli(ctx: click.Context, directory: str | None) -> None:
 
 
 def _given_directory() -> str | None:
-    """Return the --dir given to the subcommand, else to the group, else None."""
+    """Return the --dir given to the subcommand, else to a group, else None.
+
+    The group is not always the root: ``flask mmstats`` is a group under
+    flask's own.
+    """
     ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None
-    given = ctx.params.get("directory")
-    if given is None:
-        given = ctx.find_root().params.get("directory")
-    return given
+    while ctx is not None:
+        given = ctx.params.get("directory")
+        if given is not None:
+            return cast(str, given)
+        ctx = ctx.parent
+    return None
 
 
 def _app(ctx: click.Context) -> CliContext:
@@ -365,6 +380,14 @@ def _directory(app: CliContext, given: str | None) -> str:
     """Return the stats directory: --dir, the app's, $MMSTATS_DIR or the default."""
     if given is None:
         given = _given_directory()
+    if given == "":
+        # An unset variable (--dir "$STATS"), not the current directory,
+        # which clean would fold and leave a lock file in.
+        raise click.BadParameter(
+            "the stats directory must not be empty; pass the directory the app "
+            "writes to",
+            param_hint="--dir",
+        )
     return resolve_directory(given if given is not None else app.directory)[0]
 
 
@@ -505,12 +528,12 @@ def top(
     """
     console = app.console(wide)
     try:
-        with _Keys() as keys:
+        with _die_of_signals_unwound(), _Keys() as keys:
             frames = _frames(
                 path, wide, interval, iterations, keys.wait, console.is_terminal
             )
             if console.is_terminal:
-                _live(console, frames)
+                _live(console, frames, lambda: app.width(wide))
             else:
                 for n, frame in enumerate(frames):
                     if n:
@@ -520,7 +543,48 @@ def top(
         return
 
 
-def _live(console: Console, frames: Iterator[RenderableType]) -> None:
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while top ran (BaseException, as Ctrl-C's)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _die_of_signals_unwound() -> Iterator[None]:
+    """Die of SIGTERM or SIGHUP only after the terminal is restored.
+
+    Their default action ends the process at once, leaving the terminal in
+    cbreak mode with no echo and the cursor hidden (``timeout 60 mmstats
+    top``, a ``kill``).  Raised as an exception they unwind the redraw and
+    the key reader first; then the process dies of the signal as before.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+    saved: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            saved[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    except _Terminated as exc:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        os.kill(os.getpid(), exc.signum)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _live(
+    console: Console, frames: Iterator[RenderableType], width: Callable[[], int]
+) -> None:
     with Live(
         console=console,
         auto_refresh=False,
@@ -529,6 +593,9 @@ def _live(console: Console, frames: Iterator[RenderableType]) -> None:
         vertical_overflow="crop",
     ) as live:
         for frame in frames:
+            # A terminal made narrower would wrap lines laid out for the
+            # old width, and the redraw in place would leave them behind.
+            console.width = width()
             live.update(frame, refresh=True)
 
 
@@ -578,6 +645,18 @@ def _rates(before: Snapshot, after: Snapshot, seconds: float) -> Rates:
     return Rates(per_worker, total, seconds)
 
 
+def _in_foreground(fd: int) -> bool:
+    """Return whether this process is in the terminal's foreground.
+
+    A background job (``mmstats top > log &``) that changed the terminal's
+    mode would be stopped by SIGTTOU: it reads no keys, as ``top -b``.
+    """
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+
+
 class _Keys:
     """Read single key presses from a terminal on stdin while top runs.
 
@@ -594,7 +673,7 @@ class _Keys:
             fd = sys.stdin.fileno()
         except (AttributeError, ValueError, OSError):
             return self
-        if os.isatty(fd):
+        if os.isatty(fd) and _in_foreground(fd):
             self.saved = termios.tcgetattr(fd)
             self.fd = fd
             tty.setcbreak(fd)
@@ -779,12 +858,17 @@ def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
     Counters and histograms are summed over every worker and the archive;
     gauges are given per live worker.  Runs until interrupted.
     """
+    from ._exporter import check_prefix
     from ._serve import make_stats_server, parse_listen
 
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        check_prefix(prefix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from None
     try:
         server = make_stats_server(host, port, path, prefix)
     except OSError as exc:

@@ -31,6 +31,7 @@ STATES = ("alive", "dead", "closed", "unknown")
 HOST_GAUGES = frozenset({"load1"})
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
+_PREFIX_OK = re.compile(r"(?:[a-zA-Z_:][a-zA-Z0-9_:]*)?")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -49,6 +50,23 @@ def metric_name(prefix: str, name: str) -> str:
     own = name in OWN_NAMES and name.startswith(prefix)
     full = _NAME_BAD.sub("_", name if own else prefix + name)
     return full if not full[:1].isdigit() else "_" + full
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if the names it starts are valid metric names.
+
+    mmstats' own families (``workers``, ``scrape_error``, ...) are named
+    with it as it is: a character a metric name may not hold would make
+    Prometheus refuse the whole scrape.
+
+    :raises ValueError: it holds such a character or starts with a digit.
+    """
+    if not isinstance(prefix, str) or not _PREFIX_OK.fullmatch(prefix):
+        raise ValueError(
+            "the prefix must be letters, digits, '_' and ':', not starting with "
+            f"a digit, such as {DEFAULT_PREFIX!r}, not {prefix!r}"
+        )
+    return prefix
 
 
 def label_name(name: str) -> str:
@@ -338,7 +356,11 @@ def scrape(
     openmetrics: bool = False,
     prefix: str = DEFAULT_PREFIX,
 ) -> bytes:
-    """Read a directory and return its exposition; never raises for a bad one."""
+    """Read a directory and return its exposition; never raises for a bad one.
+
+    :raises ValueError: ``prefix`` cannot start a metric name.
+    """
+    check_prefix(prefix)
     try:
         snapshot = read_totals(directory)
     except MmstatsError as exc:
@@ -380,7 +402,7 @@ class MetricsApp:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self.directory = directory
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse

@@ -411,7 +411,7 @@ def check_options(
     if (
         isinstance(slow_seconds, bool)
         or not isinstance(slow_seconds, int | float)
-        or slow_seconds < 0
+        or not slow_seconds >= 0  # NaN too: no request would ever be slow
     ):
         raise _bad("slow_seconds", slow_seconds, "a number >= 0")
     if (

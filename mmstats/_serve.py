@@ -34,11 +34,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
     :raises ValueError: the address is not of that form.
     """
     host, sep, port = listen.rpartition(":")
+    # Checked without its brackets: an empty host ("[]:9301") would listen on
+    # every interface.
+    host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(
             f"the address must be HOST:PORT such as {DEFAULT_LISTEN}, not {listen!r}"
         )
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 class StatsApp:

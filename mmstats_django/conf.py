@@ -64,7 +64,8 @@ def get_config() -> Config:
     if name is not None and (not isinstance(name, str) or not name):
         raise _fail("NAME", name, "a non-empty str")
     slow = raw.get("SLOW_REQUEST_SECONDS", 1.0)
-    if isinstance(slow, bool) or not isinstance(slow, int | float) or slow < 0:
+    # "not slow >= 0" refuses NaN too, with which no request would be slow.
+    if isinstance(slow, bool) or not isinstance(slow, int | float) or not slow >= 0:
         raise _fail("SLOW_REQUEST_SECONDS", slow, "a number >= 0")
     size = raw.get("SLOW_LOG_SIZE", 256)
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 100_000:

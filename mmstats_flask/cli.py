@@ -13,9 +13,15 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from mmstats.cli import CliContext, MmstatsGroup, cli
+from mmstats.cli import EXIT_USAGE, CliContext, MmstatsGroup, cli
 
 __all__ = ["mmstats_command"]
+
+
+class _ConfigError(click.ClickException):
+    """A bad ``MMSTATS_DIR`` in the app's config: one line, status 2."""
+
+    exit_code = EXIT_USAGE
 
 
 @click.group(
@@ -24,15 +30,28 @@ __all__ = ["mmstats_command"]
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=cli.epilog,
 )
+@click.option(
+    "--dir",
+    "directory",
+    metavar="DIR",
+    help="Stats directory, for any subcommand (its own --dir wins).",
+)
 @with_appcontext
 @click.pass_context
-def mmstats_command(ctx: click.Context) -> None:
+def mmstats_command(ctx: click.Context, directory: str | None) -> None:
     """Show the stats every worker of this app writes (see `mmstats --help`).
 
     The stats directory is --dir, else the app's MMSTATS_DIR, else
     $MMSTATS_DIR, else a private per-user default.
     """
+    # The subcommands find a --dir given here themselves.
     directory = current_app.config.get("MMSTATS_DIR")
+    # The app need not use MmStats (the command comes by an entry point), so
+    # nothing has checked the value yet.
+    if directory is not None and not isinstance(directory, str | os.PathLike):
+        raise _ConfigError(
+            f"MMSTATS_DIR must be a path, not {directory!r}; fix it in app.config."
+        )
     ctx.obj = CliContext(
         out=sys.stdout,
         err=sys.stderr,

@@ -8,6 +8,7 @@ way users run it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -334,6 +335,151 @@ class TestTop:
         assert status == 0, output[-2000:]
         assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
         assert output.endswith(b"\x1b[?25h") or b"\x1b[?25h" in output[-200:]
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+    def test_terminated_top_restores_the_terminal_then_dies_of_the_signal(
+        self, populated: Workers, signum: signal.Signals
+    ) -> None:
+        """SIGTERM or SIGHUP (``timeout 60 mmstats top``, a ``kill``) end top
+        as before, by the signal, but only after the terminal is back in
+        canonical mode with echo and the cursor shown."""
+        import pty
+        import select
+        import termios
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # the child: run top on the pty, signals at their default
+            for default in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(default, signal.SIG_DFL)
+            argv = ["top", "--interval", "0.2", "--dir", os.fspath(populated.directory)]
+            os.execv(sys.executable, [sys.executable, "-m", "mmstats._cli", *argv])
+        output, status = b"", None
+        try:
+            deadline = time.monotonic() + 60
+            while b"Req/s" not in output and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.2)[0]:
+                    output += os.read(fd, 65536)
+            os.kill(pid, signum)
+            while status is None and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.2)[0]:
+                    with contextlib.suppress(OSError):
+                        output += os.read(fd, 65536)
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = os.waitstatus_to_exitcode(raw)
+            attrs = termios.tcgetattr(fd)
+        finally:
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+
+        assert status == -signum, output[-2000:]
+        assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO
+        assert b"\x1b[?25h" in output[-200:]
+
+    def test_top_in_a_background_job_runs_without_touching_the_terminal(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``mmstats top --iterations 2 > log &`` from a terminal prints its
+        refreshes and exits; changing the terminal's mode from a background
+        process group had it stopped by SIGTTOU before its first frame."""
+        import pty
+        import select
+
+        log = tmp_path / "top.log"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # a session on the pty, as a shell is, with a job
+            job = os.fork()
+            if job == 0:
+                os.setpgid(0, 0)  # its own process group: in the background
+                out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(out, 1)
+                argv = ["top", "--iterations", "2", "--interval", "0.1"]
+                argv += ["--dir", os.fspath(populated.directory)]
+                os.execv(sys.executable, [sys.executable, "-m", "mmstats._cli", *argv])
+            _, raw = os.waitpid(job, os.WUNTRACED)
+            if os.WIFSTOPPED(raw):
+                os.kill(job, signal.SIGKILL)
+                os._exit(10 + os.WSTOPSIG(raw))
+            os._exit(os.waitstatus_to_exitcode(raw))
+        status, deadline = None, time.monotonic() + 60
+        try:
+            while status is None and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.2)[0]:
+                    with contextlib.suppress(OSError):
+                        os.read(fd, 65536)
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = os.waitstatus_to_exitcode(raw)
+        finally:
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+
+        assert status == 0, f"exit {status} (10 + n: stopped by signal n)"
+        assert log.read_text().count("Stats directory") == 2
+
+    def test_a_resized_terminal_gets_frames_of_its_new_width(
+        self, populated: Workers
+    ) -> None:
+        """After the terminal is made narrower (SIGWINCH), each new frame of
+        top is laid out for the new width, so no line wraps and the redraw
+        in place stays aligned."""
+        import fcntl
+        import pty
+        import select
+        import struct
+        import termios
+
+        def resize(fd: int, pid: int, columns: int) -> None:
+            size = struct.pack("HHHH", 40, columns, 0, 0)
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+            os.kill(pid, signal.SIGWINCH)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid, fd = pty.fork()
+        if pid == 0:  # the child: run top on the pty
+            # COLUMNS would fix the width; a shell does not export it.  It is
+            # set below os.environ in a test run, hence an environment given.
+            env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+            argv = ["top", "--interval", "0.1", "--dir", os.fspath(populated.directory)]
+            os.execve(
+                sys.executable, [sys.executable, "-m", "mmstats._cli", *argv], env
+            )
+        output, deadline = b"", time.monotonic() + 60
+        try:
+            resize(fd, pid, 100)
+            frames_after = None
+            while time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.1)[0]:
+                    output += os.read(fd, 65536)
+                frames = output.count(b"Stats directory")
+                if frames_after is None and frames >= 2:
+                    resize(fd, pid, 50)
+                    frames_after = frames
+                elif frames_after is not None and frames >= frames_after + 4:
+                    break
+            os.write(fd, b"q")
+            os.waitpid(pid, 0)
+        finally:
+            os.close(fd)
+
+        # Frame frames_after + 1 may have been drawn before the resize, and
+        # the last one may be cut short: the two between are checked.
+        plain = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", output).decode(errors="replace")
+        frames_drawn = plain.replace("\r", "").split("Stats directory")
+        assert frames_after is not None and len(frames_drawn) > frames_after + 4
+        for frame in frames_drawn[frames_after + 2 : frames_after + 4]:
+            assert "PID" in frame and "total" in frame, frame
+            widths = [len(line) for line in ("Stats directory" + frame).split("\n")]
+            assert max(widths) <= 50, frame
 
     @staticmethod
     def _drive(pid: int, fd: int, key: bytes) -> tuple[bytes, int | None]:
@@ -881,6 +1027,30 @@ class TestErrors:
         )
         assert "Traceback" not in result.stderr
 
+    @pytest.mark.parametrize("where", ["after", "before"])
+    def test_an_empty_dir_is_a_usage_error_not_the_current_directory(
+        self, tmp_path: Path, where: str
+    ) -> None:
+        """``--dir ""`` (an unset variable: ``--dir "$STATS"``) is refused
+        with status 2; it was read as the current directory, where clean
+        created a lock file and would fold any stats file."""
+        args = ["clean", "--dir", ""] if where == "after" else ["--dir", "", "clean"]
+        result = subprocess.run(
+            [sys.executable, "-m", "mmstats._cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": os.fspath(ROOT)},
+        )
+
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.strip().splitlines()[-1] == (
+            "Error: Invalid value for --dir: the stats directory must not be "
+            "empty; pass the directory the app writes to"
+        )
+        assert list(tmp_path.iterdir()) == []
+
     def test_not_a_directory_is_status_3(self, tmp_path: Path) -> None:
         """A regular file given as the directory: status 3."""
         plain = tmp_path / "file"
@@ -1068,6 +1238,22 @@ class TestDjangoCommand:
             populated.pids.values()
         )
 
+    def test_dir_may_come_before_the_subcommand(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``manage.py mmstats --dir DIR show`` reads DIR, as ``mmstats`` does;
+        a --dir after the subcommand wins.  Django's parser refused it."""
+        from django.core.management import call_command
+
+        d = os.fspath(populated.directory)
+        before, both = io.StringIO(), io.StringIO()
+        call_command("mmstats", "--dir", d, "show", stdout=before)
+        missing = os.fspath(tmp_path / "missing")
+        call_command("mmstats", "--dir", missing, "show", "--dir", d, stdout=both)
+
+        assert row(before.getvalue(), "total")[1] == "15"
+        assert row(both.getvalue(), "total")[1] == "15"
+
     def test_errors_become_command_errors(self, tmp_path: Path) -> None:
         """A missing directory and a usage error raise one-line CommandErrors
         with the CLI's exit statuses."""
@@ -1168,6 +1354,28 @@ class TestFlaskCommand:
         assert result.exit_code == 0, result.output
         assert row(result.output, "total")[1] == "15"
 
+    def test_dir_may_come_before_the_subcommand(
+        self, populated: Workers, tmp_path: Path
+    ) -> None:
+        """``flask mmstats --dir DIR show`` reads DIR over the app's config, as
+        ``mmstats --dir DIR show`` does; a --dir after the subcommand wins."""
+        from flask import Flask
+
+        from mmstats_flask.cli import mmstats_command
+
+        app = Flask("cli_test")
+        app.config["MMSTATS_DIR"] = os.fspath(tmp_path / "missing")
+        runner = app.test_cli_runner()
+        d = os.fspath(populated.directory)
+        before = runner.invoke(mmstats_command, ["--dir", d, "show"])
+        missing = os.fspath(tmp_path / "missing")
+        both = runner.invoke(mmstats_command, ["--dir", missing, "show", "--dir", d])
+
+        assert before.exit_code == 0, before.output
+        assert row(before.output, "total")[1] == "15"
+        assert both.exit_code == 0, both.output
+        assert row(both.output, "total")[1] == "15"
+
     def test_flask_command_exit_statuses(self, tmp_path: Path) -> None:
         """Errors keep the CLI's exit statuses under flask."""
         from flask import Flask
@@ -1180,6 +1388,37 @@ class TestFlaskCommand:
 
         assert runner.invoke(mmstats_command, ["show"]).exit_code == EXIT_DIRECTORY
         assert runner.invoke(mmstats_command, ["show", "--bogus"]).exit_code == 2
+
+    @pytest.mark.parametrize("value", [123, b"/run/stats"], ids=["int", "bytes"])
+    def test_a_bad_mmstats_dir_in_the_config_is_one_line_and_status_2(
+        self, value: object, tmp_path: Path
+    ) -> None:
+        """An app that does not use MmStats gets the command all the same (an
+        entry point), with nothing having checked MMSTATS_DIR: a value that is
+        not a path is named in one line, status 2, not a TypeError."""
+        (tmp_path / "bad_dir_app.py").write_text(
+            "from flask import Flask\n"
+            "app = Flask(__name__)\n"
+            f"app.config['MMSTATS_DIR'] = {value!r}\n"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([os.fspath(tmp_path), os.fspath(ROOT)]),
+        }
+        flask = Path(sys.executable).with_name("flask")
+        result = subprocess.run(
+            [os.fspath(flask), "--app", "bad_dir_app", "mmstats", "show"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"Error: MMSTATS_DIR must be a path, not {value!r}; fix it in app.config.\n"
+        )
 
     def test_flask_cli_finds_the_command(
         self, populated: Workers, tmp_path: Path

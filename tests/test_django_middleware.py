@@ -576,6 +576,7 @@ class TestSettings:
             ("NAME", "", "a non-empty str"),
             ("SLOW_REQUEST_SECONDS", -1, "a number >= 0"),
             ("SLOW_REQUEST_SECONDS", "1", "a number >= 0"),
+            ("SLOW_REQUEST_SECONDS", float("nan"), "a number >= 0"),
             ("SLOW_LOG_SIZE", 0, "an int from 1 to 100000"),
             ("SLOW_LOG_SIZE", 2.5, "an int from 1 to 100000"),
             ("LABEL_LIMIT", True, "an int >= 1"),

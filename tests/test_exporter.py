@@ -327,7 +327,9 @@ class TestHttp:
         listen = next(p for p in cli.commands["serve"].params if p.name == "listen")
         assert listen.default == "127.0.0.1:9301"
 
-    @pytest.mark.parametrize("bad", ["nonsense", "127.0.0.1:", ":9301", "h:99999"])
+    @pytest.mark.parametrize(
+        "bad", ["nonsense", "127.0.0.1:", ":9301", "[]:9301", "h:99999"]
+    )
     def test_serve_refuses_an_address_that_is_not_host_port(
         self, stats_dir: Path, bad: str
     ) -> None:
@@ -366,6 +368,38 @@ class TestHttp:
             f"Error: cannot listen on {listen}: Address already in use; pass"
             " --listen HOST:PORT with a free port."
         ]
+
+    @pytest.mark.parametrize("bad", ["my-app_", "1x_", "a b_", "é_"])
+    def test_serve_refuses_a_prefix_that_cannot_start_a_metric_name(
+        self, stats_dir: Path, bad: str
+    ) -> None:
+        """A --prefix that mmstats' own families (workers, scrape_error)
+        would carry into invalid names, failing every scrape, is a usage
+        error; MetricsApp refuses it with a ValueError."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir]
+            + ["--listen", "127.0.0.1:0", "--prefix", bad],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            "Error: Invalid value for --prefix: the prefix must be letters, "
+            "digits, '_' and ':', not starting with a digit, such as "
+            f"'mmstats_', not {bad!r}"
+        )
+        with pytest.raises(ValueError, match="the prefix must be"):
+            mmstats.MetricsApp(stats_dir, prefix=bad)
+
+    @pytest.mark.parametrize("good", ["", "app:", "_x1_"])
+    def test_every_name_of_a_valid_prefix_parses(
+        self, stats_dir: Path, good: str
+    ) -> None:
+        """With any prefix allowed, the whole exposition parses."""
+        body = mmstats.scrape(stats_dir, prefix=good).decode()
+        names = {f.name for f in parse_classic(body)}
+        assert f"{good}scrape_error" in names
 
 
 class TestInApp:

@@ -382,6 +382,7 @@ class TestSetup:
             ("MMSTATS_NAME", "", "a non-empty str"),
             ("MMSTATS_SLOW_REQUEST_SECONDS", -0.5, "a number >= 0"),
             ("MMSTATS_SLOW_REQUEST_SECONDS", "1", "a number >= 0"),
+            ("MMSTATS_SLOW_REQUEST_SECONDS", float("nan"), "a number >= 0"),
             ("MMSTATS_SLOW_LOG_SIZE", 0, "an int from 1 to 100000"),
             ("MMSTATS_SLOW_LOG_SIZE", 100_001, "an int from 1 to 100000"),
             ("MMSTATS_LABEL_LIMIT", True, "an int >= 1"),

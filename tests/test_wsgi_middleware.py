@@ -262,6 +262,16 @@ class TestSlowRing:
         assert 400 < len(entry.path.encode()) <= 510
         assert path.startswith(entry.path)
 
+    @pytest.mark.parametrize("value", [-1.0, math.nan, "1"])
+    def test_a_bad_threshold_fails_at_start_up(
+        self, stats_dir: Path, value: Any
+    ) -> None:
+        """A threshold that no request could reach (NaN: every comparison is
+        false) or that is not a number >= 0 is refused when the app is
+        wrapped, as Flask's and Django's settings are, not silently kept."""
+        with pytest.raises(ValueError, match=r"^slow_seconds must be a number >= 0"):
+            StatsMiddleware(hello, stats_dir, "bad", slow_seconds=value)
+
     def test_only_requests_over_the_threshold_are_kept(
         self, record: Callable[..., StatsMiddleware], stats_dir: Path
     ) -> None:

@@ -74,6 +74,14 @@ class Command(BaseCommand):
         return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
+        # Before the subcommand, as `mmstats --dir DIR show` takes it; after
+        # it, --dir is the subcommand's own, in the arguments handed on.
+        parser.add_argument(
+            "--dir",
+            dest="mmstats_dir",
+            metavar="DIR",
+            help="Stats directory, for any subcommand (its own --dir wins).",
+        )
         parser.add_argument(
             "args",
             nargs=argparse.REMAINDER,
@@ -84,8 +92,11 @@ class Command(BaseCommand):
     def handle(self, *args: str, **options: Any) -> None:
         prog = getattr(self, "_prog", "manage.py mmstats")
         given, options = _django_options(list(args), options)
+        argv = given or ["--help"]
+        if options.get("mmstats_dir") is not None:
+            argv = ["--dir", options["mmstats_dir"], *argv]
         try:
-            status = invoke(given or ["--help"], self._context(options), prog)
+            status = invoke(argv, self._context(options), prog)
         except (click.ClickException, click.exceptions.Abort, MmstatsError) as exc:
             raise _command_error(exc, prog) from None
         if status:
