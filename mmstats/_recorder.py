@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _format as F
 from ._stats import CounterSeries, HistogramSeries, Stats
-from ._writer import Cell
+from ._writer import DIRECTORY_RULE, Cell, is_directory
 
 log = logging.getLogger(__name__)
 
@@ -404,8 +404,8 @@ def check_options(
     :raises ValueError: an option is bad; the message names the option, its
         rule and its value.
     """
-    if directory is not None and not isinstance(directory, str | os.PathLike):
-        raise _bad("directory", directory, "a path")
+    if directory is not None and not is_directory(directory):
+        raise _bad("directory", directory, DIRECTORY_RULE)
     if name is not None and (not isinstance(name, str) or not name):
         raise _bad("name", name, "a non-empty str")
     if (

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar, cast
 
 from . import _format as F
-from ._writer import FileWriter, get_writer, on_fork
+from ._writer import DIRECTORY_RULE, FileWriter, get_writer, is_directory, on_fork
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,20 @@ class CounterSeries(_Series):
         total = bound.total + n
         # The store goes first: a total it refuses (not an integer, past
         # 2**63 - 1) leaves the private copy as it was.
-        bound.view[0] = total
+        try:
+            bound.view[0] = total
+        except (TypeError, ValueError):
+            raise _refused(self.name, n, total) from None
         bound.total = total
+
+
+def _refused(name: str, n: object, total: object) -> Exception:
+    """Return the error of an increment a counter's cell cannot hold."""
+    if not isinstance(n, int):
+        return TypeError(f"Counter {name!r} counts whole numbers: incr({n!r})")
+    return ValueError(
+        f"Counter {name!r} cannot pass 2**63 - 1: incr({n!r}) would make it {total!r}"
+    )
 
 
 class GaugeSeries(_Series):
@@ -536,6 +548,8 @@ class Stats:
     ) -> None:
         if not isinstance(label_limit, int) or label_limit < 1:
             raise ValueError(f"label_limit must be a positive int, not {label_limit!r}")
+        if directory is not None and not is_directory(directory):
+            raise ValueError(f"directory must be {DIRECTORY_RULE}, not {directory!r}")
         self._writer = get_writer(directory, name, directory_source)
         self._registry = _registry(self._writer)
         self._label_limit = label_limit

@@ -44,6 +44,21 @@ def default_directory() -> str:
     return f"/tmp/mmstats-{os.getuid()}"
 
 
+def is_directory(value: object) -> bool:
+    """Return whether a directory setting names one: a non-empty str path.
+
+    An empty one would mean the current directory, which is never meant
+    (an unset variable, most likely).
+    """
+    if not isinstance(value, str | os.PathLike):
+        return False
+    path = os.fspath(value)
+    return isinstance(path, str) and path != ""
+
+
+DIRECTORY_RULE = "a non-empty path"
+
+
 def resolve_directory(directory: str | os.PathLike[str] | None) -> tuple[str, bool]:
     """Return the stats directory and whether it is the private default."""
     if directory is not None:

@@ -9,6 +9,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from mmstats._writer import DIRECTORY_RULE, is_directory
+
 KNOWN = (
     "DIR",
     "NAME",
@@ -58,8 +60,8 @@ def get_config() -> Config:
         )
 
     directory = raw.get("DIR")
-    if directory is not None and not isinstance(directory, str | os.PathLike):
-        raise _fail("DIR", directory, "a path")
+    if directory is not None and not is_directory(directory):
+        raise _fail("DIR", directory, DIRECTORY_RULE)
     name = raw.get("NAME")
     if name is not None and (not isinstance(name, str) or not name):
         raise _fail("NAME", name, "a non-empty str")

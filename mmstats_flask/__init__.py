@@ -21,6 +21,7 @@ from typing import Any
 from flask import Flask, got_request_exception, request
 
 from mmstats import RequestRecorder, current_request, resolve_directory
+from mmstats._writer import DIRECTORY_RULE, is_directory
 from mmstats_wsgi import StatsMiddleware
 
 from . import _sqlalchemy
@@ -143,8 +144,8 @@ class MmStats:
             app.config.setdefault(key, value)
         config = app.config
         directory = config["MMSTATS_DIR"]
-        if directory is not None and not isinstance(directory, str | os.PathLike):
-            raise _bad("MMSTATS_DIR", directory, "a path")
+        if directory is not None and not is_directory(directory):
+            raise _bad("MMSTATS_DIR", directory, DIRECTORY_RULE)
         directory = os.fspath(directory) if directory is not None else None
         name = config["MMSTATS_NAME"]
         if name is not None and (not isinstance(name, str) or not name):

@@ -13,6 +13,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from mmstats._writer import DIRECTORY_RULE, is_directory
 from mmstats.cli import EXIT_USAGE, CliContext, MmstatsGroup, cli
 
 __all__ = ["mmstats_command"]
@@ -48,9 +49,10 @@ def mmstats_command(ctx: click.Context, directory: str | None) -> None:
     directory = current_app.config.get("MMSTATS_DIR")
     # The app need not use MmStats (the command comes by an entry point), so
     # nothing has checked the value yet.
-    if directory is not None and not isinstance(directory, str | os.PathLike):
+    if directory is not None and not is_directory(directory):
         raise _ConfigError(
-            f"MMSTATS_DIR must be a path, not {directory!r}; fix it in app.config."
+            f"MMSTATS_DIR must be {DIRECTORY_RULE}, not {directory!r}; fix it in"
+            " app.config."
         )
     ctx.obj = CliContext(
         out=sys.stdout,

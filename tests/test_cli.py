@@ -1389,7 +1389,9 @@ class TestFlaskCommand:
         assert runner.invoke(mmstats_command, ["show"]).exit_code == EXIT_DIRECTORY
         assert runner.invoke(mmstats_command, ["show", "--bogus"]).exit_code == 2
 
-    @pytest.mark.parametrize("value", [123, b"/run/stats"], ids=["int", "bytes"])
+    @pytest.mark.parametrize(
+        "value", [123, b"/run/stats", ""], ids=["int", "bytes", "empty"]
+    )
     def test_a_bad_mmstats_dir_in_the_config_is_one_line_and_status_2(
         self, value: object, tmp_path: Path
     ) -> None:
@@ -1417,7 +1419,8 @@ class TestFlaskCommand:
 
         assert result.returncode == 2, result.stderr
         assert result.stderr == (
-            f"Error: MMSTATS_DIR must be a path, not {value!r}; fix it in app.config.\n"
+            f"Error: MMSTATS_DIR must be a non-empty path, not {value!r}; fix it in"
+            " app.config.\n"
         )
 
     def test_flask_cli_finds_the_command(

@@ -572,7 +572,8 @@ class TestSettings:
     @pytest.mark.parametrize(
         ("key", "value", "rule"),
         [
-            ("DIR", 3, "a path"),
+            ("DIR", 3, "a non-empty path"),
+            ("DIR", "", "a non-empty path"),
             ("NAME", "", "a non-empty str"),
             ("SLOW_REQUEST_SECONDS", -1, "a number >= 0"),
             ("SLOW_REQUEST_SECONDS", "1", "a number >= 0"),

@@ -378,7 +378,8 @@ class TestSetup:
     @pytest.mark.parametrize(
         ("key", "value", "rule"),
         [
-            ("MMSTATS_DIR", 3, "a path"),
+            ("MMSTATS_DIR", 3, "a non-empty path"),
+            ("MMSTATS_DIR", "", "a non-empty path"),
             ("MMSTATS_NAME", "", "a non-empty str"),
             ("MMSTATS_SLOW_REQUEST_SECONDS", -0.5, "a number >= 0"),
             ("MMSTATS_SLOW_REQUEST_SECONDS", "1", "a number >= 0"),

@@ -135,12 +135,26 @@ class TestFields:
         stats = mmstats.Stats(stats_dir, "refused")
         counter = stats.counter("c")
         counter.incr(5)
-        with pytest.raises(TypeError):
+        with pytest.raises(
+            TypeError, match=r"^Counter 'c' counts whole numbers: incr\(1\.5\)$"
+        ):
             counter.incr(1.5)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="invalid value"):
+        with pytest.raises(
+            ValueError,
+            match=r"^Counter 'c' cannot pass 2\*\*63 - 1: incr\(9223372036854775808\)"
+            r" would make it 9223372036854775813$",
+        ):
             counter.incr(2**63)
         counter.incr(2)
         assert only_worker(stats_dir).value("c") == 7
+
+    def test_an_empty_directory_is_refused_not_the_current_one(self) -> None:
+        """``Stats("")`` (an unset variable, most likely) is an error, not a
+        file in whatever directory the process runs in."""
+        with pytest.raises(
+            ValueError, match=r"^directory must be a non-empty path, not ''$"
+        ):
+            mmstats.Stats("", "empty")
 
     def test_same_name_other_kind_is_refused(self, stats_dir: Path) -> None:
         """One name is one kind of metric in a file."""

@@ -603,8 +603,9 @@ class TestArguments:
     @pytest.mark.parametrize(
         ("argument", "value", "rule"),
         [
-            ("directory", 5, "a path"),
-            ("directory", b"/run/stats", "a path"),
+            ("directory", 5, "a non-empty path"),
+            ("directory", b"/run/stats", "a non-empty path"),
+            ("directory", "", "a non-empty path"),
             ("name", "", "a non-empty str"),
             ("name", 3, "a non-empty str"),
             ("slow_seconds", -1, "a number >= 0"),
