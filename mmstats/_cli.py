@@ -429,8 +429,10 @@ _wide_option = click.option(
 def _prog() -> str:
     """Return how the user called us: mmstats, manage.py mmstats, flask mmstats."""
     ctx = click.get_current_context(silent=True)
-    name = ctx.find_root().info_name if ctx is not None else None
-    return name or "mmstats"
+    # The path to our group: flask's own group is the root of flask mmstats.
+    while ctx is not None and not isinstance(ctx.command, MmstatsGroup):
+        ctx = ctx.parent
+    return ctx.command_path if ctx is not None and ctx.command_path else "mmstats"
 
 
 def _read(
