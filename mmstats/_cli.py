@@ -805,8 +805,16 @@ def clean(app: CliContext, path: str, dry_run: bool) -> None:
     for removed in result.removed:
         line = safe(f"{'Would remove' if dry_run else 'Removed'} {removed}")
         console.print(line)
-    alive = result.kept_alive
-    console.print(f"Left {alive} live worker{'' if alive == 1 else 's'} alone.")
+    # Workers of other hosts (or pid namespaces) are kept too: whether they
+    # live cannot be told from here.
+    others = min(
+        result.kept_alive, sum(w.state == "unknown" for w in snapshot.workers)
+    )
+    alive = result.kept_alive - others
+    left = f"Left {alive} live worker{'' if alive == 1 else 's'} alone"
+    if others:
+        left += f", and {others} of other hosts (whose state is unknown here)"
+    console.print(f"{left}.")
     if snapshot.bad:
         console.print(bad_table(snapshot.bad, snapshot.directory))
     _fail_on_bad_files(app, snapshot)

@@ -720,7 +720,11 @@ def _open_file(path: str) -> tuple[Any, int, os.stat_result]:
             raise CorruptFileError(
                 path, "is a symlink; symlinks are not followed"
             ) from None
-        raise CorruptFileError(path, exc.strerror or str(exc)) from None
+        reason = exc.strerror or str(exc)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                reason = "is not a regular file"  # a socket: ENXIO on open
+        raise CorruptFileError(path, reason) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

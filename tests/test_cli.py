@@ -31,6 +31,7 @@ from rich.console import Console
 
 import mmstats
 from mmstats import _archive, _reader
+from mmstats import _format as F
 from mmstats._cli import EXIT_BAD_FILES, EXIT_DIRECTORY, EXIT_EMPTY, CliContext, run
 from mmstats._render import clean_text, dump_view, show_view
 from tests.workers import (
@@ -764,6 +765,34 @@ def counter_and_histogram_totals(directory: Path) -> dict[Any, Any]:
 
 
 class TestClean:
+    def test_clean_tells_live_workers_from_those_of_other_hosts(
+        self, stats_dir: Path
+    ) -> None:
+        """A file of another host is kept (its liveness cannot be told here)
+        and counted apart from this host's live workers."""
+        stats = mmstats.Stats(stats_dir, "here")
+        stats.counter("n", "n").incr()
+        data = bytearray(Path(stats.path or "").read_bytes())
+        host = b"elsewhere.invalid"
+        data[F.H_HOSTNAME : F.H_HOSTNAME + 2 + len(host)] = (
+            len(host).to_bytes(2, F.NATIVE_ORDER) + host
+        )
+        other = stats_dir / "there.4242.0badcafe.mmstats"
+        other.write_bytes(bytes(data))
+        other.chmod(0o600)
+        assert {w.state for w in mmstats.read_directory(stats_dir).workers} == {
+            "alive",
+            "unknown",
+        }
+        result = mmstats_cli("clean", "--dir", os.fspath(stats_dir))
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == (
+            "Left 1 live worker alone, and 1 of other hosts (whose state is unknown"
+            " here)."
+        )
+        assert other.exists() and Path(stats.path or "").exists()
+
     def test_clean_folds_dead_and_closed_and_keeps_totals(
         self, stats_dir: Path, worker_script: Path
     ) -> None:

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -182,6 +183,10 @@ def bad_directory(directory: Path) -> tuple[dict[str, int], dict[str, str]]:
     bad["fifo.1.a.mmstats"] = "not a regular file"
     (directory / "dir.1.a.mmstats").mkdir()
     bad["dir.1.a.mmstats"] = "not a regular file"
+    listening = socket.socket(socket.AF_UNIX)  # opening one fails: ENXIO
+    listening.bind(os.fspath(directory / "socket.1.a.mmstats"))
+    listening.close()
+    bad["socket.1.a.mmstats"] = "not a regular file"
 
     # Damage inside the records.
     nested = with_record(data, metric_record(b"[" * 100_000))
