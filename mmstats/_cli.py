@@ -807,9 +807,7 @@ def clean(app: CliContext, path: str, dry_run: bool) -> None:
         console.print(line)
     # Workers of other hosts (or pid namespaces) are kept too: whether they
     # live cannot be told from here.
-    others = min(
-        result.kept_alive, sum(w.state == "unknown" for w in snapshot.workers)
-    )
+    others = min(result.kept_alive, sum(w.state == "unknown" for w in snapshot.workers))
     alive = result.kept_alive - others
     left = f"Left {alive} live worker{'' if alive == 1 else 's'} alone"
     if others:
