@@ -46,6 +46,7 @@ from tests.workers import (
     finish,
     populate,
     start_worker,
+    totals_of,
 )
 
 
@@ -270,6 +271,23 @@ class TestShow:
 # -- top ----------------------------------------------------------------------
 
 
+def _wait_reading(pid: int, fd: int, deadline: float) -> tuple[int | None, bytes]:
+    """Wait for a child on a pty to exit, reading what it prints meanwhile
+    (a full pty would block it); return its exit status (None if it did not
+    exit by the deadline) and what it printed."""
+    import select
+
+    status, output = None, b""
+    while status is None and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            with contextlib.suppress(OSError):
+                output += os.read(fd, 65536)
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(raw)
+    return status, output
+
+
 class TestTop:
     def test_top_prints_each_refresh_when_not_a_tty(self, populated: Workers) -> None:
         """With output to a pipe, top prints one frame per refresh and stops
@@ -363,13 +381,8 @@ class TestTop:
                 if select.select([fd], [], [], 0.2)[0]:
                     output += os.read(fd, 65536)
             os.kill(pid, signum)
-            while status is None and time.monotonic() < deadline:
-                if select.select([fd], [], [], 0.2)[0]:
-                    with contextlib.suppress(OSError):
-                        output += os.read(fd, 65536)
-                done, raw = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status = os.waitstatus_to_exitcode(raw)
+            status, rest = _wait_reading(pid, fd, deadline)
+            output += rest
             attrs = termios.tcgetattr(fd)
         finally:
             if status is None:
@@ -388,7 +401,6 @@ class TestTop:
         refreshes and exits; changing the terminal's mode from a background
         process group had it stopped by SIGTTOU before its first frame."""
         import pty
-        import select
 
         log = tmp_path / "top.log"
         with warnings.catch_warnings():
@@ -408,15 +420,9 @@ class TestTop:
                 os.kill(job, signal.SIGKILL)
                 os._exit(10 + os.WSTOPSIG(raw))
             os._exit(os.waitstatus_to_exitcode(raw))
-        status, deadline = None, time.monotonic() + 60
+        status = None
         try:
-            while status is None and time.monotonic() < deadline:
-                if select.select([fd], [], [], 0.2)[0]:
-                    with contextlib.suppress(OSError):
-                        os.read(fd, 65536)
-                done, raw = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status = os.waitstatus_to_exitcode(raw)
+            status, _ = _wait_reading(pid, fd, time.monotonic() + 60)
         finally:
             if status is None:
                 os.kill(pid, signal.SIGKILL)
@@ -753,17 +759,6 @@ class TestJson:
 # -- clean --------------------------------------------------------------------
 
 
-def counter_and_histogram_totals(directory: Path) -> dict[Any, Any]:
-    totals = mmstats.read_directory(directory).totals()
-    result: dict[Any, Any] = {}
-    for key, series in totals.items():
-        if series.kind == "counter":
-            result[key] = series.value
-        elif series.kind == "histogram":
-            result[key] = (series.value.count, dict(series.value.buckets))
-    return result
-
-
 class TestClean:
     def test_clean_tells_live_workers_from_those_of_other_hosts(
         self, stats_dir: Path
@@ -800,7 +795,7 @@ class TestClean:
         counter and histogram totals are the same before and after."""
         workers = populate(stats_dir, worker_script, hostile=False)
         try:
-            before = counter_and_histogram_totals(stats_dir)
+            before = totals_of(stats_dir)
 
             dry = mmstats_cli("clean", "--dry-run", "--dir", os.fspath(stats_dir))
             assert dry.returncode == 0, dry.stderr
@@ -815,7 +810,7 @@ class TestClean:
                 assert not workers.files[role].exists()
             assert workers.files["alive"].exists()
             assert "Left 1 live worker alone." in result.stdout
-            assert counter_and_histogram_totals(stats_dir) == before
+            assert totals_of(stats_dir) == before
 
             shown = mmstats_cli("show", "--dir", os.fspath(stats_dir))
             assert row(shown.stdout, "total")[1] == "14"
@@ -838,7 +833,7 @@ class TestClean:
             head, entries, end = path.read_bytes().split(b"\n")
             assert json.loads(head)["version"] == 2 and "slow" not in json.loads(head)
             assert end == b"" and len(json.loads(entries)) > 0
-            totals = counter_and_histogram_totals(stats_dir)
+            totals = totals_of(stats_dir)
             _reader.drop_caches()  # a first read, as a command makes
             lean = mmstats.read_directory(stats_dir, slow=False)
             full = mmstats.read_directory(stats_dir)
@@ -858,7 +853,7 @@ class TestClean:
             again = mmstats.read_directory(stats_dir)
             assert again.archive.error is None
             assert again.archive.slow == full.archive.slow
-            assert counter_and_histogram_totals(stats_dir) == totals
+            assert totals_of(stats_dir) == totals
             slow = mmstats_cli("slow", "--dir", os.fspath(stats_dir))
             assert slow.returncode == 0, slow.stderr
         finally:
@@ -1240,6 +1235,31 @@ class TestErrors:
 # -- Django -------------------------------------------------------------------
 
 
+def django_mmstats(
+    populated: Workers, *args: str, settings: str | None = "tests.django_settings"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m django mmstats ARGS`` with the test settings, whose
+    MMSTATS["DIR"] is the populated directory; ``settings=None`` leaves
+    DJANGO_SETTINGS_MODULE unset, for ARGS to name them."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DJANGO_SETTINGS_MODULE", "MMSTATS_DIR")
+    }
+    env["MMSTATS_TEST_DJANGO_DIR"] = os.fspath(populated.directory)
+    env["PYTHONPATH"] = os.fspath(ROOT)
+    if settings is not None:
+        env["DJANGO_SETTINGS_MODULE"] = settings
+    return subprocess.run(
+        [sys.executable, "-m", "django", "mmstats", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
 class TestDjangoCommand:
     def test_call_command_shows_the_directory_from_settings(
         self, populated: Workers, settings: Any
@@ -1299,37 +1319,9 @@ class TestDjangoCommand:
     def test_manage_py_runs_the_command(self, populated: Workers) -> None:
         """``django-admin mmstats show`` works from the command line, and
         --help lists the subcommands."""
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.django_settings",
-            "MMSTATS_TEST_DJANGO_DIR": os.fspath(populated.directory),
-            "PYTHONPATH": os.fspath(ROOT),
-        }
-        base = [sys.executable, "-m", "django", "mmstats"]
-        shown = subprocess.run(
-            [*base, "show"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
-        helped = subprocess.run(
-            [*base, "--help"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
-        missing = subprocess.run(
-            [*base, "show", "--dir", "/nonexistent/mmstats"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
+        shown = django_mmstats(populated, "show")
+        helped = django_mmstats(populated, "--help")
+        missing = django_mmstats(populated, "show", "--dir", "/nonexistent/mmstats")
 
         assert shown.returncode == 0, shown.stderr
         assert row(shown.stdout, "total")[1] == "15"
@@ -1343,22 +1335,11 @@ class TestDjangoCommand:
         """``--settings``, ``--traceback``, ``-v 2`` and ``--no-color`` work
         after the subcommand as before it; the settings named are the ones
         read."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("DJANGO_SETTINGS_MODULE", "MMSTATS_DIR")
-        }
-        env["MMSTATS_TEST_DJANGO_DIR"] = os.fspath(populated.directory)
-        env["PYTHONPATH"] = os.fspath(ROOT)
-        shown = subprocess.run(
-            [sys.executable, "-m", "django", "mmstats", "show", "--wide"]
-            + ["--settings=tests.django_settings", "--traceback", "-v", "2"]
-            + ["--no-color"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
+        shown = django_mmstats(
+            populated,
+            *("show", "--wide", "--settings=tests.django_settings", "--traceback"),
+            *("-v", "2", "--no-color"),
+            settings=None,
         )
 
         assert shown.returncode == 0, shown.stderr
@@ -1367,6 +1348,32 @@ class TestDjangoCommand:
 
 
 # -- Flask --------------------------------------------------------------------
+
+
+def flask_mmstats(
+    tmp_path: Path, directory: object, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``flask mmstats ARGS`` for an app whose MMSTATS_DIR is ``directory``
+    (found through the flask.commands entry point: the app does not use
+    MmStats)."""
+    (tmp_path / "cli_flask_app.py").write_text(
+        "from flask import Flask\n"
+        "app = Flask(__name__)\n"
+        f"app.config['MMSTATS_DIR'] = {directory!r}\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([os.fspath(tmp_path), os.fspath(ROOT)]),
+    }
+    flask = Path(sys.executable).with_name("flask")
+    return subprocess.run(
+        [os.fspath(flask), "--app", "cli_flask_app", "mmstats", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
 
 
 class TestFlaskCommand:
@@ -1427,24 +1434,7 @@ class TestFlaskCommand:
         """An app that does not use MmStats gets the command all the same (an
         entry point), with nothing having checked MMSTATS_DIR: a value that is
         not a path is named in one line, status 2, not a TypeError."""
-        (tmp_path / "bad_dir_app.py").write_text(
-            "from flask import Flask\n"
-            "app = Flask(__name__)\n"
-            f"app.config['MMSTATS_DIR'] = {value!r}\n"
-        )
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([os.fspath(tmp_path), os.fspath(ROOT)]),
-        }
-        flask = Path(sys.executable).with_name("flask")
-        result = subprocess.run(
-            [os.fspath(flask), "--app", "bad_dir_app", "mmstats", "show"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-        )
+        result = flask_mmstats(tmp_path, value, "show")
 
         assert result.returncode == 2, result.stderr
         assert result.stderr == (
@@ -1456,24 +1446,7 @@ class TestFlaskCommand:
         self, populated: Workers, tmp_path: Path
     ) -> None:
         """The flask.commands entry point makes ``flask mmstats`` available."""
-        (tmp_path / "cli_flask_app.py").write_text(
-            "from flask import Flask\n"
-            "app = Flask(__name__)\n"
-            f"app.config['MMSTATS_DIR'] = {os.fspath(populated.directory)!r}\n"
-        )
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([os.fspath(tmp_path), os.fspath(ROOT)]),
-        }
-        flask = Path(sys.executable).with_name("flask")
-        result = subprocess.run(
-            [os.fspath(flask), "--app", "cli_flask_app", "mmstats", "show"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-        )
+        result = flask_mmstats(tmp_path, os.fspath(populated.directory), "show")
 
         assert result.returncode == 0, result.stderr
         assert row(result.stdout, "total")[1] == "15"

@@ -26,7 +26,7 @@ from django.conf import global_settings
 
 import mmstats
 from mmstats._report import snapshot_to_json
-from tests.workers import ROOT, Workers, populate
+from tests.workers import ROOT, Workers, populate, totals_of
 
 # Django runs with its TIME_ZONE (the default, as the test settings leave
 # it); the other entry points are given the same zone so times read alike.
@@ -217,29 +217,19 @@ def test_call_command_prints_what_mmstats_prints(
             assert got == stable(theirs, "mmstats", alive), name
 
 
-def _totals(directory: Path) -> dict[Any, Any]:
-    result: dict[Any, Any] = {}
-    for key, series in mmstats.read_directory(directory).totals().items():
-        if series.kind == "counter":
-            result[key] = series.value
-        elif series.kind == "histogram":
-            result[key] = (series.value.count, dict(series.value.buckets))
-    return result
-
-
 @pytest.mark.parametrize("entry", ["mmstats", "django", "flask"])
-def test_clean_through_each_entry_point_keeps_the_totals(
+def test_clean_through_each_entry_point_keeps_thetotals_of(
     tmp_path: Path, worker_script: Path, entry: str
 ) -> None:
     directory = tmp_path / "stats"
     directory.mkdir(mode=0o700)
     workers = populate(directory, worker_script, hostile=False)
     try:
-        before = _totals(directory)
+        before = totals_of(directory)
         run, _ = _runner(entry, directory, tmp_path)
         done = run(["clean"])
         assert done.returncode == 0, done.stderr
-        assert _totals(directory) == before
+        assert totals_of(directory) == before
         left = sorted(p.name for p in directory.glob("*.mmstats"))
         assert left == [workers.files["alive"].name]
         assert mmstats.read_directory(directory).archive.workers == 2

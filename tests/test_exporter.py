@@ -160,18 +160,11 @@ class TestContent:
         stats.gauge("h_seconds_count", "h count").set(4)
         stats.gauge("g", "g").set(6)
         stats.gauge("g_all_workers", "g sum").set(7)
-        promtool = ensure_program("promtool", "prometheus")
         pid = str(os.getpid())
         for openmetrics in (False, True):
             text = mmstats.scrape(stats_dir, openmetrics=openmetrics).decode()
             if not openmetrics:  # promtool reads the classic format
-                checked = subprocess.run(
-                    [promtool, "check", "metrics"],
-                    input=text,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
+                checked = promtool_check(text)
                 said = checked.stdout + checked.stderr
                 # 3: naming advice on the names this test chose; 1: refused
                 assert checked.returncode in (0, 3), said
@@ -196,16 +189,9 @@ class TestContent:
     ) -> None:
         """The request recorder's metrics and mmstats' own families, gauge
         sums included, pass ``promtool check metrics`` without a word."""
-        promtool = ensure_program("promtool", "prometheus")
         text = mmstats.scrape(populated.directory).decode()
         assert "_all_workers " in text  # the sums are there to be checked
-        checked = subprocess.run(
-            [promtool, "check", "metrics"],
-            input=text,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        checked = promtool_check(text)
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
     def test_gauges_are_per_live_worker_and_summed(
@@ -335,13 +321,7 @@ class TestHttp:
     ) -> None:
         """A bad --listen is a usage error (2) whose last line names the
         option once and shows the form it wants."""
-        result = subprocess.run(
-            [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir]
-            + ["--listen", bad],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = serve(stats_dir, "--listen", bad)
         assert result.returncode == 2
         last = result.stderr.strip().splitlines()[-1]
         assert last == (
@@ -356,13 +336,7 @@ class TestHttp:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             listen = f"127.0.0.1:{taken.getsockname()[1]}"
-            result = subprocess.run(
-                [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir]
-                + ["--listen", listen],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = serve(stats_dir, "--listen", listen)
         assert result.returncode == 2
         assert result.stderr.splitlines() == [
             f"Error: cannot listen on {listen}: Address already in use; pass"
@@ -376,13 +350,7 @@ class TestHttp:
         """A --prefix that mmstats' own families (workers, scrape_error)
         would carry into invalid names, failing every scrape, is a usage
         error; MetricsApp refuses it with a ValueError."""
-        result = subprocess.run(
-            [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir]
-            + ["--listen", "127.0.0.1:0", "--prefix", bad],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        result = serve(stats_dir, "--listen", "127.0.0.1:0", "--prefix", bad)
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
             "Error: Invalid value for --prefix: the prefix must be letters, "
@@ -400,6 +368,29 @@ class TestHttp:
         body = mmstats.scrape(stats_dir, prefix=good).decode()
         names = {f.name for f in parse_classic(body)}
         assert f"{good}scrape_error" in names
+
+
+def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
+    """Run ``promtool check metrics`` on an exposition (classic format)."""
+    promtool = ensure_program("promtool", "prometheus")
+    return subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def serve(stats_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``mmstats serve`` on the directory (for its errors: it serves until
+    interrupted otherwise)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mmstats._cli", "serve", "--dir", stats_dir, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 class TestInApp:

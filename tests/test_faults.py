@@ -38,6 +38,7 @@ from mmstats import _format as F
 from mmstats import _writer
 from mmstats._cli import CliContext, run
 from mmstats._writer import CHUNK_SIZE
+from tests.workers import totals_of
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -242,17 +243,6 @@ def check_neighbour(neighbour: tuple[Proc, Path, str]) -> None:
     assert (slot.method, slot.path, slot.queries) == ("POST", "/n/held", 1)
 
 
-def counted(directory: Path) -> dict[Any, Any]:
-    """Counter and histogram totals of a directory, archive included."""
-    result: dict[Any, Any] = {}
-    for key, series in mmstats.read_directory(directory).totals().items():
-        if series.kind == "counter":
-            result[key] = series.value
-        elif series.kind == "histogram":
-            result[key] = (series.value.count, dict(series.value.buckets))
-    return result
-
-
 def exported_requests(directory: Path) -> float:
     """The request total the Prometheus exporter gives for a directory."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -306,10 +296,10 @@ class TestKill:
 
         assert mid_request >= 3
         figure("kills_mid_request", f"{mid_request} of 5")
-        assert counted(stats_dir)[("requests", ())] == expected
+        assert totals_of(stats_dir)[("requests", ())] == expected
         check_neighbour(neighbour)
         assert mmstats.clean(os.fspath(stats_dir)).kept_alive == 1
-        assert counted(stats_dir)[("requests", ())] == expected
+        assert totals_of(stats_dir)[("requests", ())] == expected
         assert exported_requests(stats_dir) == expected
 
     def test_worker_killed_mid_write_never_goes_backwards(
@@ -347,9 +337,9 @@ class TestKill:
             label = worker.value("label")
             assert label is None or label[8:] == "x" * (int(label[:8]) % 47)
 
-        before = counted(stats_dir)
+        before = totals_of(stats_dir)
         mmstats.clean(os.fspath(stats_dir))
-        assert counted(stats_dir) == before
+        assert totals_of(stats_dir) == before
         check_neighbour(neighbour)
 
     @pytest.mark.parametrize(
@@ -486,7 +476,7 @@ class TestKillClean:
         stale.write_bytes(b"\0" * 4096)
         os.utime(stale, (time.time() - 3600, time.time() - 3600))
         (directory / "mmstats-archive.json.4242.tmp").write_text("{")
-        before = counted(directory)
+        before = totals_of(directory)
         exported = exported_requests(directory)
         assert before[("requests", ())] == exported > 7
 
@@ -501,7 +491,7 @@ class TestKillClean:
         )
         assert result.returncode == -signal.SIGKILL, result.stderr
 
-        assert counted(directory) == before
+        assert totals_of(directory) == before
         assert exported_requests(directory) == exported
         cli = subprocess.run(
             [sys.executable, "-m", "mmstats._cli", "clean", "--dir", str(directory)],
@@ -511,7 +501,7 @@ class TestKillClean:
             cwd=ROOT,
         )
         assert cli.returncode == 0, cli.stderr
-        assert counted(directory) == before
+        assert totals_of(directory) == before
         assert exported_requests(directory) == exported
         left = sorted(p.name for p in directory.iterdir())
         [live_file] = [n for n in left if n.endswith(".mmstats")]
@@ -554,7 +544,7 @@ def settled_total(directory: Path, expected: int, seconds: float = 20) -> int:
     """
     deadline = time.monotonic() + seconds
     while True:
-        total = counted(directory).get(("requests", ()), 0)
+        total = totals_of(directory).get(("requests", ()), 0)
         if total >= expected or time.monotonic() > deadline:
             return int(total)
         time.sleep(0.05)

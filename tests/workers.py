@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mmstats
+
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = textwrap.dedent(
@@ -143,3 +145,14 @@ def populate(directory: Path, script: Path, hostile: bool = True) -> Workers:
     if hostile:
         finish(start_worker(workers, "hostile", HOSTILE_REQUESTS, extra=(HOSTILE_ARG,)))
     return workers
+
+
+def totals_of(directory: Path) -> dict[Any, Any]:
+    """Counter and histogram totals of a directory, archive included."""
+    result: dict[Any, Any] = {}
+    for key, series in mmstats.read_directory(directory).totals().items():
+        if series.kind == "counter":
+            result[key] = series.value
+        elif series.kind == "histogram":
+            result[key] = (series.value.count, dict(series.value.buckets))
+    return result
