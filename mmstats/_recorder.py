@@ -289,12 +289,14 @@ class Request:
         if self.ignored:
             return
         self.ignored = True
+        recorder = self._recorder
         slot = self._slot
-        if slot is not None:
+        # A slot of another generation is in the file of the parent (after a
+        # fork) or of a removed file: not this process's to change.
+        if slot is not None and slot.generation == recorder._writer.generation:
             slot.q[slot.state] = 0
         # Nor as one in the in-flight gauge: taken back now, in the thread
         # that counted it, and left alone by finish().
-        recorder = self._recorder
         if self._token is not None and self._generation == recorder._writer.generation:
             recorder.in_flight.decr()
             self._generation = -1

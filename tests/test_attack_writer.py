@@ -1,0 +1,66 @@
+"""The writer and the request recorder under forks and process exits.
+
+Every test here runs real processes: children made with ``os.fork()`` and
+with each start method of :mod:`multiprocessing`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import mmstats
+
+
+def wait_for(pid: int, seconds: float = 30) -> int:
+    """Return the exit code of child ``pid``, failing if it hangs."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        assert time.monotonic() < deadline, "a forked child hangs"
+        time.sleep(0.01)
+
+
+class TestForkedChild:
+    def test_ignoring_an_inherited_request_leaves_the_parents_slot(
+        self, stats_dir: Path
+    ) -> None:
+        """A child forked in the middle of a request that ignores it (as the
+        stats endpoints do), names its view, reports a query and finishes it
+        writes none of that into the parent's file: the parent's slot still
+        shows the request, with its view and queries, in flight."""
+        recorder = mmstats.RequestRecorder(stats_dir, "ignore", slow_seconds=0)
+        warm = recorder.start("GET", "/warm")
+        recorder.finish(warm, 200)
+        held = recorder.start("GET", "/held", "v.held")
+        mmstats.record_query(0.25)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                request = mmstats.current_request()
+                assert request is held
+                request.ignore()
+                mmstats.set_view("child.view")
+                mmstats.record_query(0.5)
+                recorder.finish(held, 200)
+                code = 0
+            finally:
+                os._exit(code)
+        assert wait_for(pid) == 0
+
+        [parent] = [
+            w for w in mmstats.read_directory(stats_dir).workers if w.pid == os.getpid()
+        ]
+        [slot] = parent.slots
+        assert (slot.path, slot.view, slot.queries) == ("/held", "v.held", 1)
+        assert parent.value("in_flight") == 1
+        assert parent.value("requests") == 1
+        recorder.finish(held, 200)
