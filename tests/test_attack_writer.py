@@ -6,10 +6,13 @@ with each start method of :mod:`multiprocessing`.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import warnings
 from pathlib import Path
+
+import pytest
 
 import mmstats
 
@@ -23,6 +26,11 @@ def wait_for(pid: int, seconds: float = 30) -> int:
             return os.waitstatus_to_exitcode(status)
         assert time.monotonic() < deadline, "a forked child hangs"
         time.sleep(0.01)
+
+
+def count_a_job(directory: str) -> None:
+    """Count one job in this process's stats file and return: a clean exit."""
+    mmstats.Stats(directory, "jobs").counter("jobs").incr()
 
 
 class TestForkedChild:
@@ -64,3 +72,35 @@ class TestForkedChild:
         assert parent.value("in_flight") == 1
         assert parent.value("requests") == 1
         recorder.finish(held, 200)
+
+
+class TestMultiprocessing:
+    @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+    def test_a_child_that_returns_closes_its_file(
+        self, stats_dir: Path, method: str
+    ) -> None:
+        """A multiprocessing child whose target returns, and a pool that is
+        closed and joined, exit cleanly, whatever the start method: their
+        files read closed, as a clean exit marks them, not dead like a
+        killed worker's. (fork and forkserver children end with os._exit(),
+        which runs no atexit function.)"""
+        context = multiprocessing.get_context(method)
+        children = [
+            context.Process(target=count_a_job, args=(str(stats_dir),))
+            for _ in range(3)
+        ]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        assert [child.exitcode for child in children] == [0] * 3
+        pool = context.Pool(2)
+        pool.map(count_a_job, [str(stats_dir)] * 6)
+        pool.close()
+        pool.join()
+
+        snapshot = mmstats.read_directory(stats_dir)
+        assert snapshot.totals()[("jobs", ())].value == 9
+        # The three children, and the pool's workers that took a job.
+        states = [w.state for w in snapshot.workers]
+        assert states in (["closed"] * 4, ["closed"] * 5)
