@@ -933,19 +933,26 @@ class RequestRecorder:
         # An odd generation marks the entry as being written; the even one
         # written last publishes it and orders it among the others.
         q[w + F.E_GEN] = 2 * index + 1
-        d[w + F.E_END] = end
-        d[w + F.E_START] = request.wall_started
-        d[w + F.E_DURATION] = duration
-        q[w + F.E_STATUS] = request.status
-        q[w + F.E_QUERIES] = request.queries
-        d[w + F.E_DB_SECONDS] = request.db_seconds
-        q[w + F.E_MEMORY_DELTA] = (
-            rss - request.rss_start if rss and request.rss_start else 0
-        )
-        d[w + F.E_LOAD_DELTA] = load - request.load_start
-        path = strings + F.METHOD_SIZE
-        view = strings + _VIEW_OFFSET
-        b[strings:path] = request.method_field
-        b[path : path + len(request.path_field)] = request.path_field
-        b[view : view + len(request.view_field)] = request.view_field
+        try:
+            d[w + F.E_END] = end
+            d[w + F.E_START] = request.wall_started
+            d[w + F.E_DURATION] = duration
+            q[w + F.E_STATUS] = request.status
+            q[w + F.E_QUERIES] = request.queries
+            d[w + F.E_DB_SECONDS] = request.db_seconds
+            q[w + F.E_MEMORY_DELTA] = (
+                rss - request.rss_start if rss and request.rss_start else 0
+            )
+            d[w + F.E_LOAD_DELTA] = load - request.load_start
+            path = strings + F.METHOD_SIZE
+            view = strings + _VIEW_OFFSET
+            b[strings:path] = request.method_field
+            b[path : path + len(request.path_field)] = request.path_field
+            b[view : view + len(request.view_field)] = request.view_field
+        except BaseException:
+            # A value its field cannot hold (a status past 2**63 - 1): left
+            # odd, the entry would make every reader of this live worker wait
+            # for it.  Generation 0 reads as an empty entry.
+            q[w + F.E_GEN] = 0
+            raise
         q[w + F.E_GEN] = 2 * index + 2

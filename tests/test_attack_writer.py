@@ -11,10 +11,12 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mmstats
+from mmstats_wsgi import StatsMiddleware
 
 
 def wait_for(pid: int, seconds: float = 30) -> int:
@@ -31,6 +33,42 @@ def wait_for(pid: int, seconds: float = 30) -> int:
 def count_a_job(directory: str) -> None:
     """Count one job in this process's stats file and return: a clean exit."""
     mmstats.Stats(directory, "jobs").counter("jobs").incr()
+
+
+def serve_with_status(app: StatsMiddleware, status: str) -> None:
+    """Serve one request whose app answers with the status line ``status``."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/" + status.split()[0]}
+    response = app(environ, lambda status, headers: None)
+    list(response)
+    response.close()  # type: ignore[attr-defined]
+
+
+class TestSlowRing:
+    def test_a_status_the_ring_cannot_hold_leaves_no_entry_half_written(
+        self, stats_dir: Path
+    ) -> None:
+        """A status line whose code does not fit the entry's 8-byte field
+        (a broken app's) costs that request its slow entry, and nothing
+        more: the entry is not left odd for good, which made every read of
+        the live worker wait for it and give up after half a second."""
+
+        def hello(environ: dict[str, str], start_response: Any) -> list[bytes]:
+            start_response(environ["PATH_INFO"][1:] + " Whatever", [])
+            return [b"hello"]
+
+        app = StatsMiddleware(hello, stats_dir, "status", slow_seconds=0)
+        for status in ("200 OK", "99999999999999999999 Huge", "201 Created"):
+            serve_with_status(app, status)
+
+        started = time.perf_counter()
+        [worker] = mmstats.read_directory(stats_dir).workers
+        assert time.perf_counter() - started < 0.25
+        assert worker.state == "alive"
+        assert worker.value("requests") == 3
+        assert [(e.status, e.path) for e in worker.slow] == [
+            (201, "/201"),
+            (200, "/200"),
+        ]
 
 
 class TestForkedChild:
