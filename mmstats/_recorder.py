@@ -289,12 +289,14 @@ class Request:
         if self.ignored:
             return
         self.ignored = True
+        recorder = self._recorder
         slot = self._slot
-        if slot is not None:
+        # A slot of another generation is in the file of the parent (after a
+        # fork) or of a removed file: not this process's to change.
+        if slot is not None and slot.generation == recorder._writer.generation:
             slot.q[slot.state] = 0
         # Nor as one in the in-flight gauge: taken back now, in the thread
         # that counted it, and left alone by finish().
-        recorder = self._recorder
         if self._token is not None and self._generation == recorder._writer.generation:
             recorder.in_flight.decr()
             self._generation = -1
@@ -931,19 +933,26 @@ class RequestRecorder:
         # An odd generation marks the entry as being written; the even one
         # written last publishes it and orders it among the others.
         q[w + F.E_GEN] = 2 * index + 1
-        d[w + F.E_END] = end
-        d[w + F.E_START] = request.wall_started
-        d[w + F.E_DURATION] = duration
-        q[w + F.E_STATUS] = request.status
-        q[w + F.E_QUERIES] = request.queries
-        d[w + F.E_DB_SECONDS] = request.db_seconds
-        q[w + F.E_MEMORY_DELTA] = (
-            rss - request.rss_start if rss and request.rss_start else 0
-        )
-        d[w + F.E_LOAD_DELTA] = load - request.load_start
-        path = strings + F.METHOD_SIZE
-        view = strings + _VIEW_OFFSET
-        b[strings:path] = request.method_field
-        b[path : path + len(request.path_field)] = request.path_field
-        b[view : view + len(request.view_field)] = request.view_field
+        try:
+            d[w + F.E_END] = end
+            d[w + F.E_START] = request.wall_started
+            d[w + F.E_DURATION] = duration
+            q[w + F.E_STATUS] = request.status
+            q[w + F.E_QUERIES] = request.queries
+            d[w + F.E_DB_SECONDS] = request.db_seconds
+            q[w + F.E_MEMORY_DELTA] = (
+                rss - request.rss_start if rss and request.rss_start else 0
+            )
+            d[w + F.E_LOAD_DELTA] = load - request.load_start
+            path = strings + F.METHOD_SIZE
+            view = strings + _VIEW_OFFSET
+            b[strings:path] = request.method_field
+            b[path : path + len(request.path_field)] = request.path_field
+            b[view : view + len(request.view_field)] = request.view_field
+        except BaseException:
+            # A value its field cannot hold (a status past 2**63 - 1): left
+            # odd, the entry would make every reader of this live worker wait
+            # for it.  Generation 0 reads as an empty entry.
+            q[w + F.E_GEN] = 0
+            raise
         q[w + F.E_GEN] = 2 * index + 2

@@ -380,7 +380,21 @@ class FileWriter:
         self.chunks.append(chunk)
         self.header = chunk
         self.path = path
+        self._close_at_exit()
         log.debug("Created stats file %s for pid %d", path, os.getpid())
+
+    def _close_at_exit(self) -> None:
+        """Close the file also when the process ends without running atexit.
+
+        A multiprocessing child (fork or forkserver) ends with ``os._exit()``
+        once its target returned, after running multiprocessing's
+        finalizers: its exit is clean, and is marked by one of them.  The
+        lowest priority runs it after the others, once the child's own
+        children were stopped.
+        """
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:
+            util.Finalize(None, self.close, exitpriority=-(2**31))
 
     def _create(self, dfd: int, base: str) -> tuple[int, _Chunk, tuple[int, int]]:
         """Create ``base``.mmstats in the directory ``dfd``, header written."""
