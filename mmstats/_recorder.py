@@ -53,6 +53,9 @@ _wall = time.time
 _HEARTBEAT = F.H_HEARTBEAT // 8
 # A view's name as a string field, its request counter and its time histogram.
 _ViewSeries = tuple[bytes, CounterSeries, HistogramSeries]
+# A view past the label cap: its (overflow) series and the two counters of
+# dropped label uses, of view_requests and of view_seconds.
+_OverView = tuple[_ViewSeries, CounterSeries, CounterSeries]
 
 
 def record_query(seconds: float) -> None:
@@ -479,6 +482,10 @@ class RequestRecorder:
         self._views: dict[str, _ViewSeries] = {}
         # The string field of each view in _views.
         self._view_fields: dict[str, bytes] = {}
+        # Views past the label cap: the overflow series they go to, and the
+        # counters of dropped label uses that each of their requests adds to
+        # (one per metric), so that their requests take no lock either.
+        self._over_views: dict[str, _OverView] = {}
         # Buckets known before any value: the time of a request and of its
         # view share their bounds, and most requests make no query.
         self._seconds_bounds = self.request_seconds._bounds
@@ -600,14 +607,19 @@ class RequestRecorder:
     def _bind_view(self, bindings: _Bindings, view: str) -> tuple[Any, Any]:
         """Return the thread's bound counter and histogram of a view."""
         kept = self._views.get(view)
+        over = None if kept is not None else self._over_views.get(view)
+        if over is not None:
+            over[1].incr()  # what stats.counter() adds for a view past the cap
+            over[2].incr()
+            kept = over[0]
         _, count, hist = kept or self._view_series(view)
         # finish() puts a view's time in the bucket it found for the
         # request's time: both are histograms in seconds.
         assert hist.unit == self.request_seconds.unit
         bound = (count.bound(), hist.bound())
-        # A view past the label cap is not kept by _view_series, so each of
+        # A view past the label cap is not bound for the thread, so each of
         # its requests still counts as a dropped label use.
-        if kept is not None or view in self._views:
+        if view in self._views:
             bindings.views[view] = bound
         return bound
 
@@ -915,11 +927,19 @@ class RequestRecorder:
                 self.stats.counter("view_requests", "Requests per view", labels),
                 self.stats.histogram("view_seconds", "Request time per view", labels),
             )
-            # A view past the label cap gets the overflow series; it is not
-            # cached, so each of its requests counts as a dropped label use.
-            if len(self._views) < _VIEW_CACHE_MAX and series[1].labels == labels:
-                self._views[view] = series
-                self._view_fields[view] = series[0]
+            # A view past the label cap gets the overflow series, kept apart:
+            # each of its requests counts as a dropped label use.
+            if series[1].labels == labels:
+                if len(self._views) < _VIEW_CACHE_MAX:
+                    self._views[view] = series
+                    self._view_fields[view] = series[0]
+            elif len(self._over_views) < _VIEW_CACHE_MAX:
+                dropped = self.stats._dropped_labels
+                self._over_views[view] = (
+                    series,
+                    dropped("view_requests"),
+                    dropped("view_seconds"),
+                )
         return series
 
     def _write_slow(

@@ -658,6 +658,27 @@ class Stats:
         reg.series[key] = series
         return series
 
+    def _dropped_labels(self, name: str) -> CounterSeries:
+        """Return the counter of uses of label sets of ``name`` that the cap
+        refused."""
+        with self._registry.lock:
+            return self._dropped_series(self._registry, name)
+
+    def _dropped_series(self, reg: _Registry, name: str) -> CounterSeries:
+        # Under the registry's lock.
+        key = ("mmstats_dropped_labels", (("metric", name),))
+        dropped = cast("CounterSeries | None", reg.series.get(key))
+        if dropped is None:
+            dropped = CounterSeries(
+                self._writer,
+                "mmstats_dropped_labels",
+                "Uses of a label set refused by the label cap",
+                "",
+                key[1],
+            )
+            reg.series[key] = dropped
+        return dropped
+
     def _overflow(
         self,
         reg: _Registry,
@@ -680,18 +701,7 @@ class Stats:
                 ", ".join(f"{k}={OVERFLOW!r}" for k, _ in labels),
                 name,
             )
-        dropped_key = ("mmstats_dropped_labels", (("metric", name),))
-        dropped = cast("CounterSeries | None", reg.series.get(dropped_key))
-        if dropped is None:
-            dropped = CounterSeries(
-                self._writer,
-                "mmstats_dropped_labels",
-                "Uses of a label set refused by the label cap",
-                "",
-                dropped_key[1],
-            )
-            reg.series[dropped_key] = dropped
-        dropped.incr()
+        self._dropped_series(reg, name).incr()
 
         okey = (name, tuple((k, OVERFLOW) for k, _ in labels))
         series = reg.series.get(okey)

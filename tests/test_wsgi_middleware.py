@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -160,7 +161,41 @@ class TestCounts:
         assert worker.value("view_requests", {"view": "d"}) is None
         assert worker.value("view_requests", {"view": "_overflow"}) == 3
         assert worker.value("mmstats_dropped_labels", {"metric": "view_requests"}) == 3
+        assert worker.value("mmstats_dropped_labels", {"metric": "view_seconds"}) == 3
         assert worker.total("view_requests") == 6
+
+    def test_a_view_past_the_label_cap_takes_no_lock_once_seen(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """A view seen past the cap before is recorded (and its dropped use
+        counted) with the series registry locked by another thread: its
+        requests take no lock, as every other view's do."""
+        middleware = record(by_path, label_limit=1)
+        client = Client(middleware)
+        for name in ["a", "b", "b"]:
+            client.get(f"/view/{name}", buffered=True)
+        registry = middleware.recorder.stats._registry
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with registry.lock:
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(10)
+        try:
+            started = time.monotonic()
+            client.get("/view/b", buffered=True)
+            took = time.monotonic() - started
+        finally:
+            release.set()
+            holder.join()
+        assert took < 5, "the request waited for the registry's lock"
+        worker = this_worker(stats_dir)
+        assert worker.value("view_requests", {"view": "_overflow"}) == 3
+        assert worker.value("mmstats_dropped_labels", {"metric": "view_requests"}) == 3
 
     def test_record_query_counts_into_the_current_request(
         self, record: Callable[..., StatsMiddleware], stats_dir: Path
