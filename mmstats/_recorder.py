@@ -78,6 +78,17 @@ def set_view(view: str) -> None:
         request.set_view(view)
 
 
+def _as_status(status: object) -> int:
+    """Return a status given as another number (``201.0``) as an int; 0
+    (no class) for what is not one."""
+    if not isinstance(status, int | float | str):
+        return 0
+    try:
+        return int(status)
+    except (ValueError, OverflowError):
+        return 0
+
+
 def current_request() -> Request | None:
     """Return the request being recorded in this context, if any."""
     return _current.get()
@@ -793,6 +804,8 @@ class RequestRecorder:
         try:
             end = _perf()
             duration = end - request.started
+            if type(status) is not int:
+                status = _as_status(status)
             request.status = status
             # A request started before a fork or a new file belongs to the
             # old file: its slot and in-flight count are not touched in the

@@ -70,6 +70,20 @@ class TestSlowRing:
             (200, "/200"),
         ]
 
+    def test_a_float_status_is_recorded_whole_as_its_integer(
+        self, stats_dir: Path
+    ) -> None:
+        """An app that sets ``status_code = 201.0`` gets the request counted
+        in full (its class, its time, its slow entry), not cut short by an
+        error halfway through finish."""
+        recorder = mmstats.RequestRecorder(stats_dir, "floaty", slow_seconds=0)
+        recorder.finish(recorder.start("GET", "/made"), 201.0)  # type: ignore[arg-type]
+        [worker] = mmstats.read_directory(stats_dir).workers
+        assert worker.value("requests") == 1
+        assert worker.value("responses", {"class": "2xx"}) == 1
+        assert worker.value("request_seconds").count == 1
+        assert [(e.status, e.path) for e in worker.slow] == [(201, "/made")]
+
 
 class TestForkedChild:
     def test_ignoring_an_inherited_request_leaves_the_parents_slot(
