@@ -655,7 +655,9 @@ def put_string(b: Any, offset: int, size: int, data: bytes) -> None:
     b[offset + 2 : offset + 2 + len(data)] = data
 
 
-_writers: dict[tuple[str, str], FileWriter] = {}
+# One writer (one file) per directory in a process: a process is one worker
+# to every reader, whatever names its Stats objects give.
+_writers: dict[str, FileWriter] = {}
 _writers_lock = threading.Lock()
 
 
@@ -664,11 +666,13 @@ def get_writer(
     name: str | None,
     directory_source: str | None = None,
 ) -> FileWriter:
-    """Return the process's writer for a directory and app name, making it once.
+    """Return the process's writer for a directory, making it once.
 
-    ``directory_source`` names what set ``directory`` (a setting, a config
-    key), for the warning when the directory is unusable; the writer keeps
-    the one it was made with.
+    The app name of the first call names the file; a later call with
+    another name writes into the same file, or a process would show as two
+    workers.  ``directory_source`` names what set ``directory`` (a setting,
+    a config key), for the warning when the directory is unusable; the
+    writer keeps the one it was made with.
     """
     path, private = resolve_directory(directory)
     if directory is not None:
@@ -677,14 +681,14 @@ def get_writer(
         source = "the MMSTATS_DIR environment variable"
     else:
         source = None
-    key = (path, safe_name(name) if name else default_name())
-    writer = _writers.get(key)
+    writer = _writers.get(path)
     if writer is None:
         with _writers_lock:
-            writer = _writers.get(key)
+            writer = _writers.get(path)
             if writer is None:
-                writer = FileWriter(path, private, key[1], source)
-                _writers[key] = writer
+                app = safe_name(name) if name else default_name()
+                writer = FileWriter(path, private, app, source)
+                _writers[path] = writer
     return writer
 
 

@@ -72,7 +72,7 @@ def test_count_quantiles_within_5_percent_from_1_to_100000(stats_dir: Path) -> N
     for q in (0.5, 0.9, 0.99):
         assert read.quantile(q) == pytest.approx(exact_quantile(values, q), rel=0.05)
     for small in range(0, 13):
-        solo = mmstats.Stats(stats_dir, f"small{small}")
+        solo = mmstats.Stats(stats_dir.parent / f"small{small}", "small")
         solo.histogram("q", unit="queries").observe(small)
         assert mmstats.read_file(solo.path or "").value("q").quantile(0.5) == small
 
@@ -82,9 +82,10 @@ def test_histograms_of_workers_and_threads_merge_exactly(stats_dir: Path) -> Non
     rng = random.Random(9)
     a_values = [rng.expovariate(10) for _ in range(2000)]
     b_values = [rng.expovariate(2) for _ in range(2000)]
-    a = mmstats.Stats(stats_dir, "merge_a")
-    b = mmstats.Stats(stats_dir, "merge_b")
-    both = mmstats.Stats(stats_dir, "merge_both")
+    # One file per directory in a process: a directory each.
+    a = mmstats.Stats(stats_dir / "a", "merge_a")
+    b = mmstats.Stats(stats_dir / "b", "merge_b")
+    both = mmstats.Stats(stats_dir / "both", "merge_both")
     for v in a_values:
         a.histogram("t").observe(v)
         both.histogram("t").observe(v)

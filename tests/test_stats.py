@@ -275,13 +275,10 @@ class TestFiles:
         """A writer started as ``python -c`` (argv[0] is "-c") names its file
         after python, and names from MMSTATS_NAME lose leading dashes,
         so `mmstats dump FILE` takes the file as it is."""
-        code = (
-            "import os, sys, mmstats\n"
-            "mmstats.Stats(sys.argv[1]).counter('c').incr()\n"
-            "os.environ['MMSTATS_NAME'] = '--x'\n"
-            "mmstats.Stats(sys.argv[1]).counter('c').incr()\n"
-        )
+        code = "import sys, mmstats\nmmstats.Stats(sys.argv[1]).counter('c').incr()\n"
         subprocess.run([sys.executable, "-c", code, stats_dir], check=True)
+        dashed = {**os.environ, "MMSTATS_NAME": "--x"}
+        subprocess.run([sys.executable, "-c", code, stats_dir], check=True, env=dashed)
         names = sorted(p.name.split(".")[0] for p in stats_dir.iterdir())
         assert names == ["python", "x"]
         [python_file] = stats_dir.glob("python.*")
@@ -292,6 +289,20 @@ class TestFiles:
             text=True,
         )
         assert dumped.returncode == 0, dumped.stderr
+
+    def test_a_process_writes_one_file_per_directory_whatever_its_names(
+        self, stats_dir: Path
+    ) -> None:
+        """A second Stats with another name writes into the process's file,
+        named by the first: readers count a process as one worker."""
+        first = mmstats.Stats(stats_dir, "app")
+        first.counter("requests").incr()
+        extra = mmstats.Stats(stats_dir, "extra")
+        extra.counter("jobs").incr(2)
+        assert extra.path == first.path
+        [worker] = mmstats.read_directory(stats_dir).workers
+        assert worker.name == "app"
+        assert (worker.value("requests"), worker.value("jobs")) == (1, 2)
 
     def test_header_tells_who_wrote_the_file(self, stats_dir: Path) -> None:
         """pid, host, start time, command and format version are in the header."""
