@@ -296,7 +296,7 @@ class _ThreadToken:
 
 
 class FileWriter:
-    """The stats file of this process for one directory and app name."""
+    """The stats file of this process for one directory."""
 
     def __init__(
         self, directory: str, private: bool, name: str, source: str | None = None
