@@ -228,6 +228,10 @@ def check_the_page(
     [gone] = browser.texts("#gone tbody tr")
     assert "killed or crashed" in gone and "<script>x</script>" in gone
     assert any("<script>x</script>" in r["path"] for r in browser.slow_rows())
+    # Bidirectional overrides are escaped as the command line escapes them.
+    views = [r["view"] for r in browser.slow_rows()]
+    assert any("\\u202egnp.exe\\u2066" in v for v in views), views
+    assert not any("\u202e" in v or "\u2066" in v for v in views)
     [bad] = browser.texts("#bad tbody tr")
     [reason] = [b.reason for b in mmstats.read_directory(stats).bad]
     assert "rotten.1.a.mmstats" in bad and reason in bad

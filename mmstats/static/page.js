@@ -69,13 +69,21 @@
 
   function setText(id, text) { $(id).textContent = text; }
 
-  // Control characters from a file become visible escapes, as in the CLI.
+  // Strings from a file are shown with what the command line escapes
+  // (clean_text in _render.py) escaped: control characters, zero-width and
+  // bidirectional controls, line and paragraph separators, the byte-order
+  // mark and lone surrogates (a byte that was not UTF-8 comes as
+  // U+DC80..U+DCFF and is shown as that byte).
+  var UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]/gu;
+  var NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
   function visible(text) {
-    return String(text).replace(/[\u0000-\u001f\u007f-\u009f]/g, function (c) {
+    return String(text).replace(UNSAFE, function (c) {
+      if (NAMED[c]) return NAMED[c];
       var code = c.charCodeAt(0);
-      if (c === "\n") return "\\n";
-      if (c === "\t") return "\\t";
-      return "\\x" + (code < 16 ? "0" : "") + code.toString(16);
+      if (code >= 0xdc80 && code <= 0xdcff) code -= 0xdc00;
+      var hex = code.toString(16);
+      return code < 0x100 ? "\\x" + ("0" + hex).slice(-2) : "\\u" + ("000" + hex).slice(-4);
     });
   }
 
