@@ -1012,7 +1012,8 @@ class TestHostileStrings:
         appear as \\xNN and \\n escapes."""
         result = mmstats_cli("dump", "--wide", os.fspath(populated.files["hostile"]))
 
-        assert "[bold]v[/bold]<script>\\x1b[31m\\n\\u202egnp.exe\\u2066" in result.stdout
+        escaped = "[bold]v[/bold]<script>\\x1b[31m\\n\\u202egnp.exe\\u2066"
+        assert escaped in result.stdout
         assert "\\x1b[2J\\x1b]0;owned\\x07[red]arg[/red]" in result.stdout
 
     def test_json_escapes_html_and_keeps_the_exact_strings(
