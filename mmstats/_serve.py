@@ -115,6 +115,10 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that connects and sends nothing, or stops halfway, is
+    # dropped after this long instead of holding a thread for ever.
+    timeout = 30.0
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 

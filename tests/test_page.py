@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +257,31 @@ class TestSharedReads:
 
 
 class TestMounts:
+    def test_serve_drops_a_client_that_sends_nothing(
+        self, stats_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A connection that never sends its request is closed after the
+        handler's timeout (30 s; shortened here) instead of holding one of
+        the server's threads for ever; other clients are served meanwhile."""
+        from mmstats import _serve
+
+        monkeypatch.setattr(_serve._QuietHandler, "timeout", 0.5)
+        server = _serve.make_stats_server("127.0.0.1", 0, os.fspath(stats_dir))
+        port = server.server_address[1]
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                    assert s.recv(64).startswith(b"HTTP/1.0 200")
+                started = time.monotonic()
+                assert idle.recv(64) == b""  # closed by the server
+                assert time.monotonic() - started < 5
+        finally:
+            server.shutdown()
+            server.server_close()
+
     def test_stats_app_serves_page_json_and_metrics(self, populated: Workers) -> None:
         """/ is the page, /api/json its data, /metrics stays for Prometheus."""
         client = Client(mmstats.StatsApp(populated.directory))
