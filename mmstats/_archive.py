@@ -47,12 +47,18 @@ class Archive:
     folded: dict[str, float] = field(default_factory=dict)
     workers: int = 0
     error: str | None = None
+    # Of the workers folded, those that had died without closing their file
+    # (killed or crashed), and the requests they were serving then.
+    died: int = 0
+    died_serving: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return the archive as one JSON object (version 1's layout)."""
         return {
             "version": ARCHIVE_VERSION,
             "workers": self.workers,
+            "died": self.died,
+            "died_serving": self.died_serving,
             "folded": self.folded,
             "series": [
                 {
@@ -137,7 +143,11 @@ def _from_json(data: Any, slow_entries: Any = ()) -> Archive:
         for e in (slow_entries or ())
     ]
     folded = {str(k): float(v) for k, v in data["folded"].items()}
-    return Archive(series, slow, folded, int(data["workers"]))
+    # Written since archives count deaths; 0 in older ones.
+    died, serving = int(data.get("died", 0)), int(data.get("died_serving", 0))
+    if min(died, serving) < 0:
+        raise ValueError("a count of deaths is negative")
+    return Archive(series, slow, folded, int(data["workers"]), None, died, serving)
 
 
 # The archive read last, by file identity, and whether its slow entries
@@ -320,6 +330,9 @@ def _clean(directory: str, dry_run: bool) -> CleanResult:
             slow=slow[:SLOW_KEEP],
             folded=kept,
             workers=archive.workers + len(folded),
+            died=archive.died + sum(w.state == "dead" for w in folded),
+            died_serving=archive.died_serving
+            + sum(len(w.slots) for w in folded if w.state == "dead"),
         )
         _remove(litter)
         _write_archive(directory, new)

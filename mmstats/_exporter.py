@@ -120,6 +120,8 @@ def wants_openmetrics(accept: str | None) -> bool:
 OWN_FAMILIES = (
     "workers",
     "archived_workers",
+    "worker_deaths",
+    "requests_cut_by_deaths",
     "unreadable_files",
     "directory_problems",
     "scrape_error",
@@ -338,6 +340,21 @@ def _render_workers(w: _Writer, snapshot: Snapshot, prefix: str) -> None:
         prefix + "archived_workers", "gauge", "Workers folded into the archive by clean"
     )
     w.sample(family, [], snapshot.archive.workers)
+    # Deaths count on after clean: those folded and those still here.
+    dead = [wk for wk in snapshot.workers if wk.state == "dead"]
+    family = w.family(
+        prefix + "worker_deaths",
+        "counter",
+        "Workers that died without closing their file (killed or crashed)",
+    )
+    w.sample(family, [], snapshot.archive.died + len(dead))
+    family = w.family(
+        prefix + "requests_cut_by_deaths",
+        "counter",
+        "Requests being served by workers when they died",
+    )
+    cut = sum(len(wk.slots) for wk in dead)
+    w.sample(family, [], snapshot.archive.died_serving + cut)
     family = w.family(
         prefix + "unreadable_files", "gauge", "Files skipped as unreadable"
     )

@@ -279,7 +279,9 @@ def _headline(snapshot: Snapshot) -> Text:
     if snapshot.archive.error:
         line.append("the archive unreadable; read at ")  # listed below the tables
     else:
-        line.append(f"{snapshot.archive.workers} archived; read at ")
+        archived = snapshot.archive
+        died = f" ({archived.died} of them died)" if archived.died else ""
+        line.append(f"{archived.workers} archived{died}; read at ")
     line.append(fmt_time(snapshot.read_at, snapshot.read_at, full=True))
     return line
 

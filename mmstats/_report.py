@@ -144,6 +144,8 @@ def archive_to_json(archive: Archive) -> dict[str, Any]:
     """Return what earlier cleans folded into the archive."""
     return {
         "workers": archive.workers,
+        "died": archive.died,
+        "died_serving": archive.died_serving,
         "folded": dict(sorted(archive.folded.items())),
         "error": archive.error,
         "metrics": [series_to_json(s) for s in _sorted(archive.series)],

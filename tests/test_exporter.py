@@ -266,6 +266,13 @@ class TestCounterNeverGoesBackwards:
         }
         assert changed == {}
         assert value(after, "mmstats_archived_workers") == 2
+        # The killed worker, serving one request, still counts once clean
+        # has folded it: deaths are counters too.
+        assert value(before, "mmstats_worker_deaths_total") == 1
+        assert value(after, "mmstats_worker_deaths_total") == 1
+        assert value(after, "mmstats_requests_cut_by_deaths_total") == 1
+        archive = mmstats.read_directory(stats_dir).archive
+        assert (archive.died, archive.died_serving) == (1, 1)
 
 
 class TestHttp:
