@@ -285,6 +285,9 @@ def check_the_page(
     assert any(s["p99"] and s["p50"] <= s["p99"] for s in history)
     assert any(s["qmean"] for s in history)
     assert all(set(s["rss"]) <= {str(p) for p in app_pids} for s in history)
+    legend = browser.texts("#chart-rss .legend li")
+    named = {int(t.split()[1]) for t in legend if t.startswith("pid ")}
+    assert named == app_pids, legend
     check_quantiles_match_the_reader(browser, stats)
 
     ARTIFACTS.mkdir(exist_ok=True)

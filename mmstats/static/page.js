@@ -880,9 +880,17 @@
     var list = figure.querySelector(".legend");
     var shown = lines;
     var extra = 0;
-    if (chart.maxLegend && lines.length > chart.maxLegend) {
-      shown = lines.slice(0, chart.maxLegend);
-      extra = lines.length - chart.maxLegend;
+    if (chart.maxLegend && at) {
+      // One line a worker: the legend names those of the moment shown, not
+      // every worker recycled since the page opened.
+      shown = lines.filter(function (line) {
+        var v = line.get(at);
+        return v !== null && v !== undefined;
+      });
+    }
+    if (chart.maxLegend && shown.length > chart.maxLegend) {
+      extra = shown.length - chart.maxLegend;
+      shown = shown.slice(0, chart.maxLegend);
     }
     var items = shown.map(function (line) {
       var v = at ? line.get(at) : null;
