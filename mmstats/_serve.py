@@ -8,6 +8,7 @@ told otherwise.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socketserver
@@ -109,6 +110,45 @@ def _send(
     return [body]
 
 
+def is_loopback(host: str) -> bool:
+    """Return whether a host name or address is this machine's loopback."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+
+
+class LoopbackHostsOnly:
+    """Answer only requests whose Host header names the loopback.
+
+    A server on 127.0.0.1 is still reachable from a browser visiting
+    another site, if that site makes its own name resolve to 127.0.0.1
+    (DNS rebinding); the browser then sends that name as the Host, and the
+    page of the site could read the paths and views of every worker.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST", "")
+        if host.startswith("["):  # [::1]:9301
+            name = host[1:].partition("]")[0]
+        else:
+            name = host.rpartition(":")[0] if ":" in host else host
+        if not host or is_loopback(name):
+            return self.app(environ, start_response)
+        message = (
+            f"Host {host!r} is not this machine's loopback; mmstats serve listens"
+            " on loopback and answers only requests addressed to it.\n"
+        )
+        return _respond(
+            start_response, "421 Misdirected Request", "text/plain", message.encode()
+        )
+
+
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -126,14 +166,21 @@ class _QuietHandler(WSGIRequestHandler):
 def make_stats_server(
     host: str, port: int, directory: str | None, prefix: str = DEFAULT_PREFIX
 ) -> WSGIServer:
-    """Return a threaded HTTP server for :class:`StatsApp` (not yet serving)."""
+    """Return a threaded HTTP server for :class:`StatsApp` (not yet serving).
+
+    On a loopback address it answers only requests addressed to the
+    loopback (:class:`LoopbackHostsOnly`).
+    """
     server_class: type[WSGIServer] = _Server
     if ":" in host:
         server_class = type("_Server6", (_Server,), {"address_family": 10})
+    app: Callable[..., Iterable[bytes]] = StatsApp(directory, prefix)
+    if is_loopback(host):
+        app = LoopbackHostsOnly(app)
     return make_server(
         host,
         port,
-        StatsApp(directory, prefix),
+        app,
         server_class=server_class,
         handler_class=_QuietHandler,
     )

@@ -257,6 +257,41 @@ class TestSharedReads:
 
 
 class TestMounts:
+    def test_serve_on_loopback_answers_only_requests_addressed_to_it(
+        self, populated: Workers
+    ) -> None:
+        """A browser led to the server by another site's name resolving to
+        127.0.0.1 (DNS rebinding) sends that name as the Host: refused with
+        421, while 127.0.0.1, localhost and a Host-less request are served."""
+        from mmstats import _serve
+
+        directory = os.fspath(populated.directory)
+        server = _serve.make_stats_server("127.0.0.1", 0, directory)
+        port = server.server_address[1]
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+
+        def status(host: bytes | None) -> bytes:
+            request = b"GET /api/json HTTP/1.0\r\n"
+            if host is not None:
+                request += b"Host: " + host + b"\r\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(request + b"\r\n")
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            return answer.split(b"\r\n", 1)[0]
+
+        try:
+            here = str(port).encode()
+            for host in (b"127.0.0.1:" + here, b"localhost:" + here, b"[::1]", None):
+                assert status(host) == b"HTTP/1.0 200 OK", host
+            for host in (b"attacker.example:" + here, b"attacker.example", b"10.0.0.1"):
+                assert status(host) == b"HTTP/1.0 421 Misdirected Request", host
+        finally:
+            server.shutdown()
+            server.server_close()
+
     def test_serve_drops_a_client_that_sends_nothing(
         self, stats_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
