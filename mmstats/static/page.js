@@ -5,6 +5,7 @@
 (function () {
   var params = new URLSearchParams(window.location.search);
   var INTERVAL_MS = clamp(Number(params.get("interval")) || 2, 1, 60) * 1000;
+  var GAP_SECONDS = 3 * INTERVAL_MS / 1000;
   var SLOW_AFTER = Number(params.get("slow_after")) > 0 ? Number(params.get("slow_after")) : 1;
   var HISTORY_S = 300;
   var SLOW_ROWS = 200;
@@ -828,10 +829,15 @@
       ctx.fillStyle = line.color;
       var open = false;
       var single = null;
+      var last = null;
       ctx.beginPath();
       samples.forEach(function (s, i) {
         var v = line.get(s);
         if (v === null || v === undefined) { open = false; return; }
+        // Polls that failed for a while (the server stopped) leave a gap,
+        // not a straight line over the time nothing was read.
+        if (last !== null && s.t - last > GAP_SECONDS) open = false;
+        last = s.t;
         if (!open) {
           ctx.moveTo(x(s.t), y(v));
           var next = samples[i + 1];
