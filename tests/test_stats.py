@@ -135,15 +135,9 @@ class TestFields:
         stats = mmstats.Stats(stats_dir, "refused")
         counter = stats.counter("c")
         counter.incr(5)
-        with pytest.raises(
-            TypeError, match=r"^Counter 'c' counts whole numbers: incr\(1\.5\)$"
-        ):
+        with pytest.raises(TypeError):
             counter.incr(1.5)  # type: ignore[arg-type]
-        with pytest.raises(
-            ValueError,
-            match=r"^Counter 'c' cannot pass 2\*\*63 - 1: incr\(9223372036854775808\)"
-            r" would make it 9223372036854775813$",
-        ):
+        with pytest.raises(ValueError, match="invalid value"):
             counter.incr(2**63)
         counter.incr(2)
         assert only_worker(stats_dir).value("c") == 7
