@@ -112,10 +112,11 @@ def _send(
 
 def is_loopback(host: str) -> bool:
     """Return whether a host name or address is this machine's loopback."""
+    name = host.lower().rstrip(".")  # names are case-blind; a root dot is allowed
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
-        return host == "localhost" or host.endswith(".localhost")
+        return name == "localhost" or name.endswith(".localhost")
 
 
 class LoopbackHostsOnly:

@@ -284,7 +284,10 @@ class TestMounts:
 
         try:
             here = str(port).encode()
-            for host in (b"127.0.0.1:" + here, b"localhost:" + here, b"[::1]", None):
+            for host in (
+                *(b"127.0.0.1:" + here, b"localhost:" + here, b"[::1]", None),
+                *(b"LocalHost", b"localhost.:" + here),
+            ):
                 assert status(host) == b"HTTP/1.0 200 OK", host
             for host in (b"attacker.example:" + here, b"attacker.example", b"10.0.0.1"):
                 assert status(host) == b"HTTP/1.0 421 Misdirected Request", host
