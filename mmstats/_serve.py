@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import socketserver
+import sys
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -114,9 +116,16 @@ def is_loopback(host: str) -> bool:
     """Return whether a host name or address is this machine's loopback."""
     name = host.lower().rstrip(".")  # names are case-blind; a root dot is allowed
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return name == "localhost" or name.endswith(".localhost")
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return bool((mapped or address).is_loopback)
+
+
+# A Host header: a name or IPv4 address, or an IPv6 one in brackets, and
+# an optional port; anything else is refused.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:]+)(:[0-9]*)?")
 
 
 class LoopbackHostsOnly:
@@ -135,11 +144,8 @@ class LoopbackHostsOnly:
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         host = environ.get("HTTP_HOST", "")
-        if host.startswith("["):  # [::1]:9301
-            name = host[1:].partition("]")[0]
-        else:
-            name = host.rpartition(":")[0] if ":" in host else host
-        if not host or is_loopback(name):
+        parsed = _HOST.fullmatch(host)
+        if not host or (parsed and is_loopback(parsed.group(1).strip("[]"))):
             return self.app(environ, start_response)
         message = (
             f"Host {host!r} is not this machine's loopback; mmstats serve listens"
@@ -153,6 +159,13 @@ class LoopbackHostsOnly:
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client dropped for idling, or gone away: not worth a traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("connection from %s ended: %s", client_address, sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -175,13 +188,16 @@ def make_stats_server(
     server_class: type[WSGIServer] = _Server
     if ":" in host:
         server_class = type("_Server6", (_Server,), {"address_family": 10})
-    app: Callable[..., Iterable[bytes]] = StatsApp(directory, prefix)
-    if is_loopback(host):
-        app = LoopbackHostsOnly(app)
-    return make_server(
+    app = StatsApp(directory, prefix)
+    server = make_server(
         host,
         port,
         app,
         server_class=server_class,
         handler_class=_QuietHandler,
     )
+    # Judged by the address bound, however --listen spelled it (127.1,
+    # LOCALHOST, a host name in /etc/hosts).
+    if is_loopback(str(server.server_address[0])):
+        server.set_app(LoopbackHostsOnly(app))
+    return server

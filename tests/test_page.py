@@ -7,6 +7,7 @@ checked as a document, and its JSON as the ``mmstats json`` document.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -256,69 +257,77 @@ class TestSharedReads:
         assert len(reads) == 4
 
 
+@contextlib.contextmanager
+def _served(directory: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """Run mmstats serve's server on ``host`` (port 0) in a thread; yield the port."""
+    from mmstats import _serve
+
+    server = _serve.make_stats_server(host, 0, directory)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _status(port: int, host: bytes | None) -> bytes:
+    """Return the status line of ``GET /api/json`` sent with this Host."""
+    request = b"GET /api/json HTTP/1.0\r\n"
+    if host is not None:
+        request += b"Host: " + host + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request + b"\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
 class TestMounts:
+    @pytest.mark.parametrize("listen", ["127.0.0.1", "LOCALHOST", "127.1"])
     def test_serve_on_loopback_answers_only_requests_addressed_to_it(
-        self, populated: Workers
+        self, populated: Workers, listen: str
     ) -> None:
         """A browser led to the server by another site's name resolving to
         127.0.0.1 (DNS rebinding) sends that name as the Host: refused with
-        421, while 127.0.0.1, localhost and a Host-less request are served."""
-        from mmstats import _serve
-
+        421, while 127.0.0.1, localhost and a Host-less request are served;
+        however the loopback address to listen on was spelled."""
         directory = os.fspath(populated.directory)
-        server = _serve.make_stats_server("127.0.0.1", 0, directory)
-        port = server.server_address[1]
-        serving = threading.Thread(target=server.serve_forever, daemon=True)
-        serving.start()
-
-        def status(host: bytes | None) -> bytes:
-            request = b"GET /api/json HTTP/1.0\r\n"
-            if host is not None:
-                request += b"Host: " + host + b"\r\n"
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(request + b"\r\n")
-                answer = b""
-                while chunk := s.recv(65536):
-                    answer += chunk
-            return answer.split(b"\r\n", 1)[0]
-
-        try:
+        with _served(directory, listen) as port:
             here = str(port).encode()
             for host in (
                 *(b"127.0.0.1:" + here, b"localhost:" + here, b"[::1]", None),
-                *(b"LocalHost", b"localhost.:" + here),
+                *(b"LocalHost", b"localhost.:" + here, b"127.0.0.2"),
             ):
-                assert status(host) == b"HTTP/1.0 200 OK", host
-            for host in (b"attacker.example:" + here, b"attacker.example", b"10.0.0.1"):
-                assert status(host) == b"HTTP/1.0 421 Misdirected Request", host
-        finally:
-            server.shutdown()
-            server.server_close()
+                assert _status(port, host) == b"HTTP/1.0 200 OK", host
+            for host in (
+                *(b"attacker.example:" + here, b"attacker.example", b"10.0.0.1"),
+                *(b"[::1]evil.example", b"localhost:evil", b"[::1]:evil.example"),
+            ):
+                assert _status(port, host) == b"HTTP/1.0 421 Misdirected Request", host
 
     def test_serve_drops_a_client_that_sends_nothing(
-        self, stats_dir: Path, monkeypatch: pytest.MonkeyPatch
+        self,
+        stats_dir: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """A connection that never sends its request is closed after the
         handler's timeout (30 s; shortened here) instead of holding one of
-        the server's threads for ever; other clients are served meanwhile."""
+        the server's threads for ever, without a traceback for it; other
+        clients are served meanwhile."""
         from mmstats import _serve
 
         monkeypatch.setattr(_serve._QuietHandler, "timeout", 0.5)
-        server = _serve.make_stats_server("127.0.0.1", 0, os.fspath(stats_dir))
-        port = server.server_address[1]
-        serving = threading.Thread(target=server.serve_forever, daemon=True)
-        serving.start()
-        try:
+        with _served(os.fspath(stats_dir)) as port:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
-                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                    s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-                    assert s.recv(64).startswith(b"HTTP/1.0 200")
+                assert _status(port, None) == b"HTTP/1.0 200 OK"
                 started = time.monotonic()
                 assert idle.recv(64) == b""  # closed by the server
                 assert time.monotonic() - started < 5
-        finally:
-            server.shutdown()
-            server.server_close()
+        assert "Traceback" not in capsys.readouterr().err
 
     def test_stats_app_serves_page_json_and_metrics(self, populated: Workers) -> None:
         """/ is the page, /api/json its data, /metrics stays for Prometheus."""
