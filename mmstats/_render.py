@@ -24,11 +24,15 @@ from ._report import LIVE_STATES, Summary, lifetime_rate, summarize, uptime
 DASH = "-"
 MIB = 1024 * 1024
 
-# C0 and C1 controls, DEL, the invisible format characters that can
-# reorder or hide text on a terminal (bidi overrides, zero-width marks), and
-# lone surrogates, which no terminal encoding can write.
+# Control characters, and what shows as nothing or reorders text around it:
+# the soft hyphen, joiners and fillers, zero-width and bidirectional
+# controls (U+061C and U+200E/F, U+202A..E, U+2066..9), separators, the
+# byte-order mark, annotation and tag characters; lone surrogates.  The
+# page's script (static/page.js) escapes the same.
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+    "[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    "\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb"
+    "\ud800-\udfff\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -51,7 +55,9 @@ def _escape_char(match: re.Match[str]) -> str:
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was there
         code -= 0xDC00
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def safe(value: str, style: str = "", fold: bool = False) -> Text:

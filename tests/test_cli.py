@@ -1007,12 +1007,29 @@ class TestHostileStrings:
         for result in runs[0], runs[2], runs[5]:
             assert max(map(len, result.stdout.splitlines())) <= 80
 
+    @pytest.mark.parametrize(
+        ("raw", "shown"),
+        [
+            ("\u061c100-200", "\\u061c100-200"),  # Arabic letter mark: reorders
+            ("a\xadb", "a\\xadb"),  # soft hyphen: invisible
+            ("\u3164x", "\\u3164x"),  # Hangul filler: blank
+            ("tag\U000e0041", "tag\\U000e0041"),  # tag characters: invisible
+            ("\udcff", "\\xff"),  # a byte that was not UTF-8
+            ("caf\u00e9 \u2764\ufe0f \U0001f600", "caf\u00e9 \u2764\ufe0f \U0001f600"),
+        ],
+    )
+    def test_what_hides_or_reorders_text_is_escaped(self, raw: str, shown: str) -> None:
+        """Characters that show as nothing, or reorder the text around them,
+        are written as escapes; letters, symbols and emoji are not."""
+        assert clean_text(raw) == shown
+
     def test_markup_and_escapes_are_shown_literally(self, populated: Workers) -> None:
         """Rich markup like [bold] is printed as text, and control characters
         appear as \\xNN and \\n escapes."""
         result = mmstats_cli("dump", "--wide", os.fspath(populated.files["hostile"]))
 
-        escaped = "[bold]v[/bold]<script>\\x1b[31m\\n\\u202egnp.exe\\u2066"
+        escaped = "[bold]v[/bold]<script>\\x1b[31m\\n\\u202egnp.exe\\u2066\\u061c"
+        escaped += "\\U000e0041"
         assert escaped in result.stdout
         assert "\\x1b[2J\\x1b]0;owned\\x07[red]arg[/red]" in result.stdout
 

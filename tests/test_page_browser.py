@@ -230,7 +230,7 @@ def check_the_page(
     assert any("<script>x</script>" in r["path"] for r in browser.slow_rows())
     # Bidirectional overrides are escaped as the command line escapes them.
     views = [r["view"] for r in browser.slow_rows()]
-    assert any("\\u202egnp.exe\\u2066" in v for v in views), views
+    assert any("\\u202egnp.exe\\u2066\\u061c\\U000e0041" in v for v in views), views
     assert not any("\u202e" in v or "\u2066" in v for v in views)
     [bad] = browser.texts("#bad tbody tr")
     [reason] = [b.reason for b in mmstats.read_directory(stats).bad]

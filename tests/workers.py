@@ -44,7 +44,7 @@ WORKER = textwrap.dedent(
 
 # Ends with a right-to-left override and an isolate: shown raw, the view
 # would read "exe.png".
-HOSTILE_VIEW = "[bold]v[/bold]<script>\x1b[31m\n\u202egnp.exe\u2066"
+HOSTILE_VIEW = "[bold]v[/bold]<script>\x1b[31m\n\u202egnp.exe\u2066\u061c\U000e0041"
 HOSTILE_PATH = "/h/\x1b[31mred\x1b[0m\n[bold]b[/bold]<script>x</script>" + "A" * 10_000
 HOSTILE_ARG = "\x1b[2J\x1b]0;owned\x07[red]arg[/red]"
 # (method, path, view, status, queries, raises)

@@ -75,16 +75,21 @@
   // bidirectional controls, line and paragraph separators, the byte-order
   // mark and lone surrogates (a byte that was not UTF-8 comes as
   // U+DC80..U+DCFF and is shown as that byte).
-  var UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]/gu;
+  var UNSAFE = new RegExp(
+    "[\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f" +
+    "\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\u3164\\ufeff\\uffa0\\ufff9-\\ufffb" +
+    "\\ud800-\\udfff\\u{1d173}-\\u{1d17a}\\u{e0000}-\\u{e0fff}]", "gu");
   var NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
   function visible(text) {
     return String(text).replace(UNSAFE, function (c) {
       if (NAMED[c]) return NAMED[c];
-      var code = c.charCodeAt(0);
+      var code = c.codePointAt(0);
       if (code >= 0xdc80 && code <= 0xdcff) code -= 0xdc00;
       var hex = code.toString(16);
-      return code < 0x100 ? "\\x" + ("0" + hex).slice(-2) : "\\u" + ("000" + hex).slice(-4);
+      if (code < 0x100) return "\\x" + ("0" + hex).slice(-2);
+      if (code < 0x10000) return "\\u" + ("000" + hex).slice(-4);
+      return "\\U" + ("0000000" + hex).slice(-8);
     });
   }
 
