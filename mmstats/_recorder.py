@@ -71,8 +71,13 @@ def record_query(seconds: float) -> None:
 def set_view(view: str) -> None:
     """Name the view serving the current request, at once also in its slot.
 
-    For apps with their own routing; outside a request it does nothing.
+    For apps with their own routing; outside a request it does nothing,
+    and so it does in a thread the request started (which does not inherit
+    the request's context).  ``environ["mmstats.view"]``, read when the
+    request ends, wins over it (WSGI).
     """
+    if not isinstance(view, str):
+        raise TypeError(f"view must be a str, not {view!r}")
     request = _current.get()
     if request is not None:
         request.set_view(view)
@@ -323,9 +328,10 @@ class Request:
         """Name the view serving this request, also in its slot."""
         if view == self.view or not view:
             return
-        self.view = view
         recorder = self._recorder
+        # The field first: a name it cannot encode leaves the request as it was.
         field = recorder._view_fields.get(view) or recorder._view_field(view)
+        self.view = view
         self.view_field = field
         slot = self._slot
         if slot is None or slot.generation != recorder._writer.generation:

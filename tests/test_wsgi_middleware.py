@@ -391,6 +391,33 @@ class TestSlots:
         assert after.value("view_requests", {"view": "reports.slow"}) == 1
         assert after.value("view_requests", {"view": "nowhere"}) is None
 
+    def test_a_view_that_is_not_a_str_is_refused_and_the_request_kept(
+        self, record: Callable[..., StatsMiddleware], stats_dir: Path
+    ) -> None:
+        """set_view(5) raises a TypeError naming the value, and the request
+        is recorded whole (count, class, time, slow entry); a non-str
+        environ["mmstats.view"] is logged and left out the same way."""
+        refused: list[str] = []
+
+        def app(
+            environ: Environ, start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            try:
+                mmstats.set_view(5)  # type: ignore[arg-type]
+            except TypeError as exc:
+                refused.append(str(exc))
+            environ["mmstats.view"] = 6
+            return hello(environ, start_response)
+
+        Client(record(app)).get("/numbered", buffered=True)
+
+        assert refused == ["view must be a str, not 5"]
+        worker = this_worker(stats_dir)
+        assert worker.value("requests") == 1
+        assert worker.value("responses", {"class": "2xx"}) == 1
+        assert worker.value("request_seconds").count == 1
+        assert [(e.path, e.view) for e in worker.slow] == [("/numbered", "")]
+
 
 class TestStreaming:
     def test_list_body_goes_to_the_server_unwrapped_and_ends_on_close(
