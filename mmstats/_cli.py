@@ -9,6 +9,7 @@ Exit statuses are listed in :data:`EXIT_STATUSES` and docs/CLI.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import logging
@@ -880,9 +881,14 @@ def serve(app: CliContext, path: str, listen: str, prefix: str) -> None:
     try:
         server = make_stats_server(host, port, path, prefix)
     except OSError as exc:
+        fix = (
+            "with a free port"
+            if exc.errno == errno.EADDRINUSE
+            else ("with an address of this machine")
+        )
         raise CannotListen(
             f"cannot listen on {listen}: {exc.strerror or exc}; pass --listen "
-            "HOST:PORT with a free port.",
+            f"HOST:PORT {fix}.",
         ) from None
     app.err.write(
         f"Serving {path}: page http://{listen}/, metrics http://{listen}/metrics "

@@ -350,6 +350,18 @@ class TestHttp:
             " --listen HOST:PORT with a free port."
         ]
 
+    def test_serve_on_an_address_not_of_this_machine_says_so(
+        self, stats_dir: Path
+    ) -> None:
+        """Binding an address this machine does not have (TEST-NET-1: no
+        packet leaves) is not a busy port, and the hint does not say it is."""
+        result = serve(stats_dir, "--listen", "192.0.2.1:0")
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "Error: cannot listen on 192.0.2.1:0: Cannot assign requested address;"
+            " pass --listen HOST:PORT with an address of this machine."
+        ]
+
     @pytest.mark.parametrize("bad", ["my-app_", "1x_", "a b_", "é_"])
     def test_serve_refuses_a_prefix_that_cannot_start_a_metric_name(
         self, stats_dir: Path, bad: str

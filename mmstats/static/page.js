@@ -846,7 +846,8 @@
         if (!open) {
           ctx.moveTo(x(s.t), y(v));
           var next = samples[i + 1];
-          single = !next || line.get(next) === null || line.get(next) === undefined ? s : null;
+          single = !next || line.get(next) === null || line.get(next) === undefined ||
+            next.t - s.t > GAP_SECONDS ? s : null;
           if (single) ctx.fillRect(x(s.t) - 1.5, y(v) - 1.5, 3, 3);
         } else {
           ctx.lineTo(x(s.t), y(v));
