@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 
 import mmstats
 from mmstats_wsgi import StatsMiddleware
+from tests.workers import fork
 
 
 def wait_for(pid: int, seconds: float = 30) -> int:
@@ -99,9 +99,7 @@ class TestForkedChild:
         held = recorder.start("GET", "/held", "v.held")
         mmstats.record_query(0.25)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = fork()
         if pid == 0:  # the child
             code = 1
             try:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from tests.workers import (
     Workers,
     finish,
     populate,
+    pty_fork,
     start_worker,
     totals_of,
 )
@@ -330,14 +330,9 @@ class TestTop:
     ) -> None:
         """On a terminal, top runs until q or Ctrl-C, exits with status 0 and
         leaves the terminal in canonical mode with echo, cursor shown."""
-        import pty
         import termios
 
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a threaded process; the
-            # child execs at once, so no lock can be left held.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid, fd = pty.fork()
+        pid, fd = pty_fork()
         if pid == 0:  # the child: run top on the pty
             # As from a shell on a terminal: a test run started in the
             # background (SIGINT ignored, which exec keeps) must not make
@@ -362,13 +357,10 @@ class TestTop:
         """SIGTERM or SIGHUP (``timeout 60 mmstats top``, a ``kill``) end top
         as before, by the signal, but only after the terminal is back in
         canonical mode with echo and the cursor shown."""
-        import pty
         import select
         import termios
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid, fd = pty.fork()
+        pid, fd = pty_fork()
         if pid == 0:  # the child: run top on the pty, signals at their default
             for default in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(default, signal.SIG_DFL)
@@ -400,12 +392,9 @@ class TestTop:
         """``mmstats top --iterations 2 > log &`` from a terminal prints its
         refreshes and exits; changing the terminal's mode from a background
         process group had it stopped by SIGTTOU before its first frame."""
-        import pty
 
         log = tmp_path / "top.log"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid, fd = pty.fork()
+        pid, fd = pty_fork()
         if pid == 0:  # a session on the pty, as a shell is, with a job
             job = os.fork()
             if job == 0:
@@ -439,7 +428,6 @@ class TestTop:
         top is laid out for the new width, so no line wraps and the redraw
         in place stays aligned."""
         import fcntl
-        import pty
         import select
         import struct
         import termios
@@ -449,9 +437,7 @@ class TestTop:
             fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
             os.kill(pid, signal.SIGWINCH)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid, fd = pty.fork()
+        pid, fd = pty_fork()
         if pid == 0:  # the child: run top on the pty
             # COLUMNS would fix the width; a shell does not export it.  It is
             # set below os.environ in a test run, hence an environment given.

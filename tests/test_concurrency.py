@@ -16,6 +16,7 @@ import pytest
 import mmstats
 from mmstats import _format as F
 from mmstats._writer import CHUNK_SIZE
+from tests.workers import held_elsewhere
 
 WRITER = """
 import sys, threading, mmstats
@@ -209,26 +210,11 @@ class TestFork:
         """A writer lock held by another thread at fork time is fresh in the child."""
         stats = mmstats.Stats(stats_dir, "forklock")
         stats.counter("hits").incr()
-        writer = stats._writer
-        held = threading.Event()
-        release = threading.Event()
-
-        def hold() -> None:
-            with writer.lock:
-                held.set()
-                release.wait(10)
-
-        thread = threading.Thread(target=hold)
-        thread.start()
-        held.wait(5)
-        try:
+        with held_elsewhere(stats._writer.lock):
             started = time.monotonic()
             status = fork_and_run(lambda: stats.counter("new_metric").incr())
             assert status == 0
             assert time.monotonic() - started < 10
-        finally:
-            release.set()
-            thread.join()
         children = [
             w for w in mmstats.read_directory(stats_dir).workers if w.pid != os.getpid()
         ]

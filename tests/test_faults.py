@@ -25,7 +25,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +37,7 @@ from mmstats import _format as F
 from mmstats import _writer
 from mmstats._cli import CliContext, run
 from mmstats._writer import CHUNK_SIZE
-from tests.workers import totals_of
+from tests.workers import fork, totals_of
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -1284,11 +1283,7 @@ def test_fork_storm_from_a_process_with_a_writing_thread(stats_dir: Path) -> Non
     pids = []
     try:
         for i in range(20):
-            with warnings.catch_warnings():
-                # Python 3.12+ warns about fork() with threads running: the
-                # point of this test.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
+            pid = fork()  # with threads running: the point of this test
             if pid == 0:  # the child
                 code = 1
                 try:

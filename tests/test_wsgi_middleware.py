@@ -6,7 +6,6 @@ import math
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from werkzeug.test import Client, EnvironBuilder
 
 import mmstats
 from mmstats_wsgi import StatsMiddleware
+from tests.workers import held_elsewhere
 
 Environ = dict[str, Any]
 _kept: list[bytes] = []  # memory a view holds past the end of its request
@@ -174,24 +174,10 @@ class TestCounts:
         client = Client(middleware)
         for name in ["a", "b", "b"]:
             client.get(f"/view/{name}", buffered=True)
-        registry = middleware.recorder.stats._registry
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with registry.lock:
-                held.set()
-                release.wait(10)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        held.wait(10)
-        try:
+        with held_elsewhere(middleware.recorder.stats._registry.lock):
             started = time.monotonic()
             client.get("/view/b", buffered=True)
             took = time.monotonic() - started
-        finally:
-            release.set()
-            holder.join()
         assert took < 5, "the request waited for the registry's lock"
         worker = this_worker(stats_dir)
         assert worker.value("view_requests", {"view": "_overflow"}) == 3

@@ -7,12 +7,16 @@ kill it mid-request or let it exit cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,3 +162,40 @@ def totals_of(directory: Path) -> dict[Any, Any]:
         elif series.kind == "histogram":
             result[key] = (series.value.count, dict(series.value.buckets))
     return result
+
+
+@contextlib.contextmanager
+def held_elsewhere(lock: Any) -> Iterator[None]:
+    """Hold ``lock`` in another thread while the block runs (10 s at most)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def fork() -> int:
+    """Return ``os.fork()``, without the warning Python 3.12+ gives about
+    forking a process that runs threads: these tests do it on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def pty_fork() -> tuple[int, int]:
+    """Return ``pty.fork()`` without that warning (the child execs at once)."""
+    import pty
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pty.fork()
