@@ -1335,6 +1335,23 @@ class TestDjangoCommand:
         assert missing.stderr.strip().count("\n") == 0
         assert "does not exist" in missing.stderr
 
+    def test_a_usage_error_of_the_command_itself_is_one_line(
+        self, populated: Workers
+    ) -> None:
+        """``manage.py mmstats --dir`` without its value: one line and status
+        2, as a subcommand's usage error reads, not argparse's usage block;
+        through call_command, a CommandError."""
+        from django.core.management import CommandError, call_command
+
+        result = django_mmstats(populated, "--dir")
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "CommandError: argument --dir: expected one argument; see"
+            " 'python -m django mmstats --help'."
+        ]
+        with pytest.raises(CommandError, match="expected one argument"):
+            call_command("mmstats", "--dir")
+
     def test_django_options_may_follow_the_subcommand(self, populated: Workers) -> None:
         """``--settings``, ``--traceback``, ``-v 2`` and ``--no-color`` work
         after the subcommand as before it; the settings named are the ones

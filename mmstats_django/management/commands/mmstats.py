@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import click
 from django.core.management.base import (
@@ -71,6 +72,17 @@ class Command(BaseCommand):
         kwargs.setdefault("epilog", subcommand_help(prog))
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         self._prog = prog
+
+        def one_line(message: str) -> NoReturn:
+            # As the subcommands' usage errors read, not argparse's usage
+            # block (manage.py mmstats --dir, without its value).
+            text = f"{message}; see '{prog} --help'."
+            if not parser.called_from_command_line:
+                raise CommandError(text, returncode=EXIT_USAGE)
+            sys.stderr.write(f"CommandError: {text}\n")
+            sys.exit(EXIT_USAGE)
+
+        parser.error = one_line
         return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
