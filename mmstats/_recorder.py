@@ -20,8 +20,8 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from . import _format as F
-from ._stats import CounterSeries, HistogramSeries, Stats
-from ._writer import DIRECTORY_RULE, Cell, is_directory
+from ._stats import CounterSeries, HistogramSeries, Stats, check_options
+from ._writer import Cell
 
 log = logging.getLogger(__name__)
 
@@ -410,46 +410,6 @@ class _Bindings:
         self.heartbeat = _NO_HEADER if header is None else header.d
 
 
-def _bad(option: str, value: object, rule: str) -> ValueError:
-    return ValueError(f"{option} must be {rule}, not {value!r}")
-
-
-def check_options(
-    directory: object,
-    name: object,
-    slow_seconds: object,
-    slow_log_size: object,
-    label_limit: object,
-) -> None:
-    """Check the options of a recorder, by the rules the adapters apply.
-
-    :raises ValueError: an option is bad; the message names the option, its
-        rule and its value.
-    """
-    if directory is not None and not is_directory(directory):
-        raise _bad("directory", directory, DIRECTORY_RULE)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise _bad("name", name, "a non-empty str")
-    if (
-        isinstance(slow_seconds, bool)
-        or not isinstance(slow_seconds, int | float)
-        or not slow_seconds >= 0  # NaN too: no request would ever be slow
-    ):
-        raise _bad("slow_seconds", slow_seconds, "a number >= 0")
-    if (
-        isinstance(slow_log_size, bool)
-        or not isinstance(slow_log_size, int)
-        or not 1 <= slow_log_size <= 100_000
-    ):
-        raise _bad("slow_log_size", slow_log_size, "an int from 1 to 100000")
-    if (
-        isinstance(label_limit, bool)
-        or not isinstance(label_limit, int)
-        or label_limit < 1
-    ):
-        raise _bad("label_limit", label_limit, "an int >= 1")
-
-
 class RequestRecorder:
     """Record requests of this process into its stats file.
 
@@ -471,7 +431,13 @@ class RequestRecorder:
         label_limit: int = 100,
         directory_source: str | None = None,
     ) -> None:
-        check_options(directory, name, slow_seconds, slow_log_size, label_limit)
+        check_options(
+            directory=directory,
+            name=name,
+            slow_seconds=slow_seconds,
+            slow_log_size=slow_log_size,
+            label_limit=label_limit,
+        )
         self.slow_seconds = float(slow_seconds)
         self.slow_log_size = slow_log_size
         self.stats = stats = Stats(

@@ -36,6 +36,50 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 LabelKey = tuple[tuple[str, str], ...]
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The options of Stats and of the request recorder, each with its test and
+# the rule it states; the adapters check their settings by these too.
+# "not v >= 0" refuses NaN, with which no request would ever be slow.
+OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "directory": (lambda v: v is None or is_directory(v), DIRECTORY_RULE),
+    "name": (
+        lambda v: v is None or (isinstance(v, str) and v != ""),
+        "a non-empty str",
+    ),
+    "slow_seconds": (
+        lambda v: (_whole(v) or isinstance(v, float)) and v >= 0,
+        "a number >= 0",
+    ),
+    "slow_log_size": (
+        lambda v: _whole(v) and 1 <= v <= 100_000,
+        "an int from 1 to 100000",
+    ),
+    "label_limit": (lambda v: _whole(v) and v >= 1, "an int >= 1"),
+}
+
+
+def broken_rule(option: str, value: object) -> str | None:
+    """Return the rule of ``option`` (see OPTION_RULES) that ``value`` breaks,
+    or None when it keeps it."""
+    test, rule = OPTION_RULES[option]
+    return None if test(value) else rule
+
+
+def check_options(**options: object) -> None:
+    """Check options by OPTION_RULES.
+
+    :raises ValueError: one is bad; the message names it, its rule and its
+        value.
+    """
+    for option, value in options.items():
+        rule = broken_rule(option, value)
+        if rule is not None:
+            raise ValueError(f"{option} must be {rule}, not {value!r}")
+
+
 def _label_key(labels: Mapping[str, object] | None) -> LabelKey:
     if not labels:
         return ()
@@ -536,10 +580,7 @@ class Stats:
         label_limit: int = DEFAULT_LABEL_LIMIT,
         directory_source: str | None = None,
     ) -> None:
-        if not isinstance(label_limit, int) or label_limit < 1:
-            raise ValueError(f"label_limit must be a positive int, not {label_limit!r}")
-        if directory is not None and not is_directory(directory):
-            raise ValueError(f"directory must be {DIRECTORY_RULE}, not {directory!r}")
+        check_options(directory=directory, label_limit=label_limit)
         self._writer = get_writer(directory, name, directory_source)
         self._registry = _registry(self._writer)
         self._label_limit = label_limit

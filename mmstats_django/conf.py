@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from mmstats._writer import DIRECTORY_RULE, is_directory
+from mmstats._stats import broken_rule
 
 KNOWN = (
     "DIR",
@@ -19,6 +19,23 @@ KNOWN = (
     "LABEL_LIMIT",
     "ENABLED",
 )
+
+# The settings checked by the recorder's rules (mmstats._stats.OPTION_RULES),
+# with their defaults.
+_OPTIONS = {
+    "DIR": "directory",
+    "NAME": "name",
+    "SLOW_REQUEST_SECONDS": "slow_seconds",
+    "SLOW_LOG_SIZE": "slow_log_size",
+    "LABEL_LIMIT": "label_limit",
+}
+_DEFAULTS = {
+    "DIR": None,
+    "NAME": None,
+    "SLOW_REQUEST_SECONDS": 1.0,
+    "SLOW_LOG_SIZE": 256,
+    "LABEL_LIMIT": 100,
+}
 
 
 @dataclass(frozen=True)
@@ -59,22 +76,15 @@ def get_config() -> Config:
             f"{', '.join(KNOWN)}."
         )
 
-    directory = raw.get("DIR")
-    if directory is not None and not is_directory(directory):
-        raise _fail("DIR", directory, DIRECTORY_RULE)
-    name = raw.get("NAME")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise _fail("NAME", name, "a non-empty str")
-    slow = raw.get("SLOW_REQUEST_SECONDS", 1.0)
-    # "not slow >= 0" refuses NaN too, with which no request would be slow.
-    if isinstance(slow, bool) or not isinstance(slow, int | float) or not slow >= 0:
-        raise _fail("SLOW_REQUEST_SECONDS", slow, "a number >= 0")
-    size = raw.get("SLOW_LOG_SIZE", 256)
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 100_000:
-        raise _fail("SLOW_LOG_SIZE", size, "an int from 1 to 100000")
-    limit = raw.get("LABEL_LIMIT", 100)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise _fail("LABEL_LIMIT", limit, "an int >= 1")
+    values = {key: raw.get(key, default) for key, default in _DEFAULTS.items()}
+    for key, option in _OPTIONS.items():
+        rule = broken_rule(option, values[key])
+        if rule is not None:
+            raise _fail(key, values[key], rule)
+    directory, name = values["DIR"], values["NAME"]
+    slow, size, limit = (
+        values[key] for key in ("SLOW_REQUEST_SECONDS", "SLOW_LOG_SIZE", "LABEL_LIMIT")
+    )
     enabled = raw.get("ENABLED", True)
     if not isinstance(enabled, bool):
         raise _fail("ENABLED", enabled, "True or False")

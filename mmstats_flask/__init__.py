@@ -21,7 +21,7 @@ from typing import Any
 from flask import Flask, got_request_exception, request
 
 from mmstats import RequestRecorder, current_request, resolve_directory
-from mmstats._writer import DIRECTORY_RULE, is_directory
+from mmstats._stats import broken_rule
 from mmstats_wsgi import StatsMiddleware
 
 from . import _sqlalchemy
@@ -37,6 +37,15 @@ DEFAULTS: dict[str, Any] = {
     "MMSTATS_SLOW_LOG_SIZE": 256,
     "MMSTATS_LABEL_LIMIT": 100,
     "MMSTATS_ENABLED": True,
+}
+
+# The config keys checked by the recorder's rules (mmstats._stats.OPTION_RULES).
+_OPTIONS = {
+    "MMSTATS_DIR": "directory",
+    "MMSTATS_NAME": "name",
+    "MMSTATS_SLOW_REQUEST_SECONDS": "slow_seconds",
+    "MMSTATS_SLOW_LOG_SIZE": "slow_log_size",
+    "MMSTATS_LABEL_LIMIT": "label_limit",
 }
 
 # Environment variables of the command line, which a config loaded from
@@ -69,24 +78,6 @@ def _check_keys(config: Any) -> None:
                 f"Unknown config key {key!r}; known MMSTATS keys are "
                 f"{', '.join(DEFAULTS)}; fix it in app.config."
             )
-
-
-def _number(
-    config: Any, key: str, minimum: float, maximum: float | None, integer: bool
-) -> Any:
-    value = config[key]
-    ok = not isinstance(value, bool) and isinstance(
-        value, int if integer else int | float
-    )
-    if ok and value >= minimum and (maximum is None or value <= maximum):
-        return value
-    kind = "an int" if integer else "a number"
-    rule = (
-        f"{kind} >= {minimum}"
-        if maximum is None
-        else f"{kind} from {minimum} to {maximum}"
-    )
-    raise _bad(key, value, rule)
 
 
 def _recorder(
@@ -143,16 +134,16 @@ class MmStats:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = app.config
+        for key, option in _OPTIONS.items():
+            rule = broken_rule(option, config[key])
+            if rule is not None:
+                raise _bad(key, config[key], rule)
         directory = config["MMSTATS_DIR"]
-        if directory is not None and not is_directory(directory):
-            raise _bad("MMSTATS_DIR", directory, DIRECTORY_RULE)
         directory = os.fspath(directory) if directory is not None else None
         name = config["MMSTATS_NAME"]
-        if name is not None and (not isinstance(name, str) or not name):
-            raise _bad("MMSTATS_NAME", name, "a non-empty str")
-        slow = _number(config, "MMSTATS_SLOW_REQUEST_SECONDS", 0, None, integer=False)
-        size = _number(config, "MMSTATS_SLOW_LOG_SIZE", 1, 100_000, integer=True)
-        limit = _number(config, "MMSTATS_LABEL_LIMIT", 1, None, integer=True)
+        slow = config["MMSTATS_SLOW_REQUEST_SECONDS"]
+        size = config["MMSTATS_SLOW_LOG_SIZE"]
+        limit = config["MMSTATS_LABEL_LIMIT"]
         enabled = config["MMSTATS_ENABLED"]
         if not isinstance(enabled, bool):
             raise _bad("MMSTATS_ENABLED", enabled, "True or False")

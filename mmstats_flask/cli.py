@@ -13,8 +13,9 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from mmstats._writer import DIRECTORY_RULE, is_directory
+from mmstats._stats import broken_rule
 from mmstats.cli import EXIT_USAGE, CliContext, MmstatsGroup, cli
+from mmstats_flask import _bad
 
 __all__ = ["mmstats_command"]
 
@@ -49,11 +50,9 @@ def mmstats_command(ctx: click.Context, directory: str | None) -> None:
     directory = current_app.config.get("MMSTATS_DIR")
     # The app need not use MmStats (the command comes by an entry point), so
     # nothing has checked the value yet.
-    if directory is not None and not is_directory(directory):
-        raise _ConfigError(
-            f"MMSTATS_DIR must be {DIRECTORY_RULE}, not {directory!r}; fix it in"
-            " app.config."
-        )
+    rule = broken_rule("directory", directory)
+    if rule is not None:
+        raise _ConfigError(str(_bad("MMSTATS_DIR", directory, rule)))
     ctx.obj = CliContext(
         out=sys.stdout,
         err=sys.stderr,
